@@ -1,0 +1,1 @@
+"""The ``sbt`` command line: thin Typer commands over the core."""

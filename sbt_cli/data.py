@@ -1,0 +1,39 @@
+"""``sbt data generate``: seeded Countdown splits as JSONL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from sbt_core.generate import GeneratorConfig, generate
+
+app = typer.Typer(help="Build Countdown puzzle splits.", no_args_is_help=True)
+
+
+@app.command("generate")
+def generate_cmd(
+    numbers: int = typer.Option(4, "--numbers", help="how many input numbers per puzzle (3..6)"),
+    train: int = typer.Option(500_000, help="training puzzles"),
+    val: int = typer.Option(1_000, help="validation puzzles (seen targets)"),
+    test_seen: int = typer.Option(5_000, "--test-seen", help="test puzzles with seen targets, new numbers"),
+    test_new: int = typer.Option(5_000, "--test-new", help="test puzzles with held-out targets"),
+    seed: int = typer.Option(0, help="seed: fixes held-out targets and every split"),
+    out: Path = typer.Option(..., "--out", help="output folder"),
+    workers: int = typer.Option(0, help="worker processes (0: one per core, at most 4)"),
+) -> None:
+    """Generate train / val / test_seen / test_new splits (Stream-of-Search style)."""
+    cfg = GeneratorConfig(n_numbers=numbers, seed=seed,
+                          sizes={"train": train, "val": val, "test_seen": test_seen, "test_new": test_new})
+    with Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(split: str, done: int, total: int) -> None:
+            if split not in tasks:
+                tasks[split] = bar.add_task(split, total=total)
+            bar.update(tasks[split], completed=done)
+
+        written = generate(cfg, out, workers=workers or None, progress=progress)
+    typer.echo(f"wrote {', '.join(f'{k}={v:,}' for k, v in written.items())} to {out}")

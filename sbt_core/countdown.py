@@ -1,0 +1,292 @@
+"""Countdown: puzzles, steps, the Stream-of-Search rules and the strict verifier.
+
+Rules (Stream of Search, which the paper follows): every number is used exactly once,
+each step combines two available numbers with + - * / into one new number,
+subtraction never goes negative, division must be exact (and never by zero), and the
+last remaining number must equal the target.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from .errors import PuzzleError
+
+MIN_NUMBERS = 2
+MAX_NUMBERS = 6
+MAX_VALUE = 10**6
+MAX_PUZZLE_TEXT = 200
+OPS = ("+", "-", "*", "/")
+
+
+@dataclass(frozen=True, order=True)
+class Puzzle:
+    numbers: tuple[int, ...]
+    target: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "numbers", tuple(int(x) for x in self.numbers))
+        object.__setattr__(self, "target", int(self.target))
+
+    @property
+    def key(self) -> tuple[tuple[int, ...], int]:
+        """Identity of the puzzle as a (sorted multiset, target) pair."""
+        return tuple(sorted(self.numbers)), self.target
+
+    def __str__(self) -> str:
+        return f"{' '.join(map(str, self.numbers))} -> {self.target}"
+
+    def to_json(self) -> dict:
+        return {"numbers": list(self.numbers), "target": self.target}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Puzzle":
+        try:
+            puzzle = cls(tuple(obj["numbers"]), obj["target"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PuzzleError(f"not a puzzle object (needs 'numbers' and 'target'): {obj!r:.80}") from exc
+        check_puzzle(puzzle)
+        return puzzle
+
+
+def check_puzzle(puzzle: Puzzle) -> Puzzle:
+    """Raise PuzzleError unless the puzzle is within the supported bounds."""
+    n = len(puzzle.numbers)
+    if n < MIN_NUMBERS:
+        raise PuzzleError(f"a puzzle needs at least {MIN_NUMBERS} numbers, got {n}")
+    if n > MAX_NUMBERS:
+        raise PuzzleError(f"a puzzle takes at most {MAX_NUMBERS} numbers, got {n}")
+    for x in (*puzzle.numbers, puzzle.target):
+        if x < 0:
+            raise PuzzleError(f"numbers must be non-negative, got {x}")
+        if x > MAX_VALUE:
+            raise PuzzleError(f"numbers must be at most {MAX_VALUE:,}, got {x}")
+    return puzzle
+
+
+_ARROWS = ("->", "→", "=>")
+_INT = re.compile(r"[+-]?\d+")
+
+
+def parse_puzzle(text: str) -> Puzzle:
+    """Read what a user types: ``2 3 5 -> 30``, ``2,3,5->30``, ``[2, 3, 5] -> 30``, ``2 3 5 → 30``."""
+    if not isinstance(text, str):
+        raise PuzzleError("a puzzle must be text")
+    if len(text) > MAX_PUZZLE_TEXT:
+        raise PuzzleError(f"puzzle text too long ({len(text):,} characters; at most {MAX_PUZZLE_TEXT})")
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf") and ch not in " \t":
+            raise PuzzleError(f"puzzle contains a control character ({ch!r})")
+    text = text.strip()
+    if not text:
+        raise PuzzleError('empty puzzle; write it like "2 3 5 -> 30"')
+    arrows = sum(text.count(a) for a in _ARROWS)
+    if arrows == 0:
+        raise PuzzleError('no arrow between numbers and target; write it like "2 3 5 -> 30"')
+    if arrows > 1:
+        raise PuzzleError('more than one arrow; write it like "2 3 5 -> 30"')
+    arrow = next(a for a in _ARROWS if a in text)
+    left, right = (part.strip() for part in text.split(arrow))
+    if left.startswith("[") and left.endswith("]"):
+        left = left[1:-1]
+    numbers = _read_ints(left, "numbers")
+    if not right:
+        raise PuzzleError("no target after the arrow")
+    targets = _read_ints(right, "target")
+    if len(targets) != 1:
+        raise PuzzleError(f"expected one target after the arrow, got {right!r}")
+    return check_puzzle(Puzzle(tuple(numbers), targets[0]))
+
+
+def _read_ints(part: str, what: str) -> list[int]:
+    tokens = [t for t in re.split(r"[\s,]+", part) if t]
+    if not tokens:
+        raise PuzzleError(f"no {what} given")
+    values = []
+    for tok in tokens:
+        if not _INT.fullmatch(tok):
+            raise PuzzleError(f"{tok[:20]!r} is not a whole number (in the {what})")
+        if len(tok.lstrip("+-")) > 7:
+            raise PuzzleError(f"numbers must be at most {MAX_VALUE:,}, got {tok[:20]}")
+        values.append(int(tok))
+    return values
+
+
+def apply_op(a: int, op: str, b: int) -> int | None:
+    """The result of ``a op b`` under the rules, or None when the operation is illegal."""
+    if op == "+":
+        return a + b
+    if op == "*":
+        return a * b
+    if op == "-":
+        return a - b if a >= b else None
+    if op == "/":
+        if b == 0 or a % b:
+            return None
+        return a // b
+    return None
+
+
+@dataclass(frozen=True)
+class Step:
+    a: int
+    op: str
+    b: int
+    result: int
+
+    def __str__(self) -> str:
+        return f"{self.a} {self.op} {self.b} = {self.result}"
+
+    @property
+    def is_legal(self) -> bool:
+        return apply_op(self.a, self.op, self.b) is not None
+
+    @property
+    def is_correct(self) -> bool:
+        return apply_op(self.a, self.op, self.b) == self.result
+
+
+_STEP = re.compile(r"\s*(\d{1,12})\s*([-+*/])\s*(\d{1,12})\s*=\s*(-?\d{1,12})\s*")
+
+
+def parse_step(line: str) -> Step | None:
+    """Parse ``a op b = c``; None for anything else. Never raises."""
+    if not isinstance(line, str):
+        return None
+    m = _STEP.fullmatch(line)
+    if not m:
+        return None
+    return Step(int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4)))
+
+
+def legal_steps(state: Sequence[int]) -> list[Step]:
+    """Every distinct legal step from a multiset of available numbers (larger operand first)."""
+    out: list[Step] = []
+    seen: set[tuple[int, str, int]] = set()
+    s = sorted(state, reverse=True)
+    for i in range(len(s)):
+        for j in range(i + 1, len(s)):
+            a, b = s[i], s[j]
+            for op in OPS:
+                r = apply_op(a, op, b)
+                if r is None or (a, op, b) in seen:
+                    continue
+                seen.add((a, op, b))
+                out.append(Step(a, op, b, r))
+            if b != a:  # exact division of the smaller by the larger: only 0 / a
+                r = apply_op(b, "/", a)
+                if r is not None and (b, "/", a) not in seen:
+                    seen.add((b, "/", a))
+                    out.append(Step(b, "/", a, r))
+    return out
+
+
+def apply_step(state: Sequence[int], step: Step) -> tuple[int, ...]:
+    """The state after a legal, correct step (sorted tuple). Raises ValueError otherwise."""
+    rest = list(state)
+    try:
+        rest.remove(step.a)
+        rest.remove(step.b)
+    except ValueError:
+        raise ValueError(f"{step}: operand not available in {tuple(state)}") from None
+    if not step.is_correct:
+        raise ValueError(f"{step}: not a correct legal step")
+    rest.append(step.result)
+    return tuple(sorted(rest))
+
+
+class Failure(str, enum.Enum):
+    """Why an answer is wrong: the paper's failure categories plus our stricter ones."""
+
+    INVALID_FORMAT = "invalid_format"
+    UNKNOWN_NUMBER = "unknown_number"
+    INCORRECT_RESULT = "incorrect_result"
+    ILLEGAL_OPERATION = "illegal_operation"
+    UNUSED_NUMBERS = "unused_numbers"
+    TARGET_NOT_REACHED = "target_not_reached"
+    NO_ANSWER = "no_answer"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FAILURE_TEXT = {
+    Failure.INVALID_FORMAT: "invalid step format",
+    Failure.UNKNOWN_NUMBER: "unknown or already used number",
+    Failure.INCORRECT_RESULT: "incorrect result in step",
+    Failure.ILLEGAL_OPERATION: "illegal operation (negative, inexact or zero division)",
+    Failure.UNUSED_NUMBERS: "not all numbers used",
+    Failure.TARGET_NOT_REACHED: "target not reached",
+    Failure.NO_ANSWER: "no answer",
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    failure: Failure | None = None
+    step_index: int | None = None
+    detail: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def describe(self) -> str:
+        if self.ok:
+            return "verified: every number used once, target reached"
+        where = f" (step {self.step_index + 1})" if self.step_index is not None else ""
+        return f"{FAILURE_TEXT[self.failure]}{where}: {self.detail}" if self.detail else FAILURE_TEXT[self.failure] + where
+
+
+def verify(puzzle: Puzzle, steps: Iterable[Step | str | None]) -> Verdict:
+    """Strictly judge an answer: every number used exactly once, legal exact steps, target reached."""
+    remaining = Counter(puzzle.numbers)
+    last: int | None = None
+    count = 0
+    for i, raw in enumerate(steps):
+        count += 1
+        step = parse_step(raw) if isinstance(raw, str) else raw
+        if step is None:
+            return Verdict(False, Failure.INVALID_FORMAT, i, f"{str(raw)[:40]!r} is not 'a op b = c'")
+        need = Counter((step.a, step.b))
+        missing = [x for x in need if remaining[x] < need[x]]
+        if missing:
+            return Verdict(False, Failure.UNKNOWN_NUMBER, i, f"{missing[0]} is not available")
+        value = apply_op(step.a, step.op, step.b)
+        if value is None:
+            return Verdict(False, Failure.ILLEGAL_OPERATION, i, f"{step.a} {step.op} {step.b} is not allowed")
+        if value != step.result:
+            return Verdict(False, Failure.INCORRECT_RESULT, i, f"{step.a} {step.op} {step.b} is {value}, not {step.result}")
+        remaining -= need
+        remaining[value] += 1
+        last = value
+    if count == 0 and len(puzzle.numbers) > 1:
+        return Verdict(False, Failure.NO_ANSWER, None, "no steps")
+    left = sorted(remaining.elements())
+    final = last if last is not None else left[0]
+    if final != puzzle.target:
+        return Verdict(False, Failure.TARGET_NOT_REACHED, None, f"ended at {final}, target {puzzle.target}")
+    if len(left) > 1:
+        return Verdict(False, Failure.UNUSED_NUMBERS, None, f"left unused: {left}")
+    return Verdict(True)
+
+
+def expression(puzzle: Puzzle, steps: Sequence[Step]) -> str:
+    """The answer as one equation, e.g. ``(2 + 3) * 5 = 25``; best effort for unverified steps."""
+    exprs: dict[int, list[str]] = {}
+    for x in puzzle.numbers:
+        exprs.setdefault(x, []).append(str(x))
+    last = ""
+    for step in steps:
+        ea = exprs.get(step.a, []).pop() if exprs.get(step.a) else str(step.a)
+        eb = exprs.get(step.b, []).pop() if exprs.get(step.b) else str(step.b)
+        last = f"({ea} {step.op} {eb})"
+        exprs.setdefault(step.result, []).append(last)
+    if not last:
+        return f"{puzzle.target}"
+    return f"{last[1:-1]} = {steps[-1].result}"

@@ -1,0 +1,150 @@
+"""Exact Countdown solver: find a solution, prove there is none, count solutions, and
+answer "is this state still solvable?" (memoised: data construction asks it millions
+of times)."""
+
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+from typing import Iterator, Sequence
+
+from .countdown import OPS, Puzzle, Step, apply_op, apply_step, legal_steps
+
+
+def _results(a: int, b: int) -> set[int]:
+    out = set()
+    hi, lo = (a, b) if a >= b else (b, a)
+    for op in OPS:
+        r = apply_op(hi, op, lo)
+        if r is not None:
+            out.add(r)
+    if lo == 0 and hi != 0:
+        out.add(0)  # 0 / hi
+    return out
+
+
+def _splits(state: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Distinct ways to cut a sorted multiset into two non-empty parts (unordered)."""
+    n = len(state)
+    out, seen = [], set()
+    for mask in range(1, 1 << (n - 1)):  # element n-1 always on the right: no mirror duplicates
+        left = tuple(state[i] for i in range(n) if mask >> i & 1)
+        if left in seen:
+            continue
+        seen.add(left)
+        out.append((left, tuple(state[i] for i in range(n) if not mask >> i & 1)))
+    return out
+
+
+@lru_cache(maxsize=1 << 18)
+def _reach(state: tuple[int, ...]) -> frozenset[int]:
+    """Every value an expression using ALL of these numbers (each once) can take."""
+    if len(state) == 1:
+        return frozenset(state)
+    out: set[int] = set()
+    for left, right in _splits(state):
+        rb = _reach(right)
+        for x in _reach(left):
+            for y in rb:
+                out |= _results(x, y)
+    return frozenset(out)
+
+
+def _partners(x: int, target: int) -> tuple[int, ...]:
+    """The values y with op(x, y) == target for some legal op, in either operand order (x, target > 0)."""
+    ys = [x + target, x * target]  # y - x, y / x
+    if target >= x:
+        ys.append(target - x)  # x + y
+    if x >= target:
+        ys.append(x - target)  # x - y
+    if target % x == 0:
+        ys.append(target // x)  # x * y
+    if x % target == 0:
+        ys.append(x // target)  # x / y
+    return tuple(ys)
+
+
+@lru_cache(maxsize=1 << 21)
+def _solvable(state: tuple[int, ...], target: int) -> bool:
+    if len(state) <= 3 or target == 0:
+        return target in _reach(state)
+    for left, right in _splits(state):
+        ra, rb = _reach(left), _reach(right)
+        if len(ra) > len(rb):
+            ra, rb = rb, ra
+        for x in ra:
+            if x == 0:
+                if any(target in _results(0, y) for y in rb):
+                    return True
+            elif any(y in rb for y in _partners(x, target)):
+                return True
+    return False
+
+
+def is_solvable(state: Sequence[int], target: int) -> bool:
+    """True when the available numbers can still reach the target using all of them."""
+    return _solvable(tuple(sorted(state)), target)
+
+
+def solve(puzzle: Puzzle) -> list[Step] | None:
+    """One solution (steps in order), or None when the puzzle has none."""
+    return _search(tuple(sorted(puzzle.numbers)), puzzle.target, None)
+
+
+def random_solution(puzzle: Puzzle, rng: random.Random) -> list[Step] | None:
+    """A solution drawn by a random walk over solvable states (varies solution and step order)."""
+    return _search(tuple(sorted(puzzle.numbers)), puzzle.target, rng)
+
+
+def _search(state: tuple[int, ...], target: int, rng: random.Random | None) -> list[Step] | None:
+    if not _solvable(state, target):
+        return None
+    path: list[Step] = []
+    while len(state) > 1:
+        moves = legal_steps(state)
+        if rng is not None:
+            rng.shuffle(moves)
+        for step in moves:
+            nxt = apply_step(state, step)
+            if _solvable(nxt, target):
+                path.append(step)
+                state = nxt
+                break
+        else:  # pragma: no cover - _solvable guarantees a move
+            raise AssertionError("solvable state without a solvable move")
+    return path
+
+
+def iter_solutions(puzzle: Puzzle) -> Iterator[list[Step]]:
+    """Every distinct solution path (distinct sequences of steps, larger operand first)."""
+
+    def rec(state: tuple[int, ...], path: list[Step]) -> Iterator[list[Step]]:
+        if len(state) == 1:
+            if state[0] == puzzle.target:
+                yield list(path)
+            return
+        if not _solvable(state, puzzle.target):
+            return
+        for step in legal_steps(state):
+            path.append(step)
+            yield from rec(apply_step(state, step), path)
+            path.pop()
+
+    yield from rec(tuple(sorted(puzzle.numbers)), [])
+
+
+def count_solutions(puzzle: Puzzle) -> int:
+    @lru_cache(maxsize=None)
+    def count(state: tuple[int, ...]) -> int:
+        if len(state) == 1:
+            return int(state[0] == puzzle.target)
+        if not _solvable(state, puzzle.target):
+            return 0
+        return sum(count(apply_step(state, s)) for s in legal_steps(state))
+
+    return count(tuple(sorted(puzzle.numbers)))
+
+
+def clear_cache() -> None:
+    _solvable.cache_clear()
+    _reach.cache_clear()
