@@ -1,0 +1,90 @@
+"""``sbt train``: build D_op / D_back and fine-tune a causal LM with the masked loss."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sbt_core.errors import SbtError
+
+
+def train_cmd(
+    out: Path = typer.Option(..., "--out", help="output model directory"),
+    numbers: int = typer.Option(4, "--numbers", help="puzzle size; picks data/countdown<N>/ by default"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder from `sbt data generate`"),
+    data: str = typer.Option("op+back", "--data", help="op (SFT baseline) or op+back (self-backtracking)"),
+    back_ratio: float = typer.Option(1.0, "--back-ratio", help="|D_back| / |D_op|"),
+    kinds: str = typer.Option("1:2:2", "--kinds", help="exploration:computational:rule error weights"),
+    size: str = typer.Option("small", "--size", help="tiny|small|medium|large (ignored with --base-model)"),
+    base_model: Optional[Path] = typer.Option(None, "--base-model", help="fine-tune a local HF causal-LM dir"),
+    train_puzzles: Optional[int] = typer.Option(None, "--train-puzzles", help="use the first N train puzzles"),
+    tokens: Optional[float] = typer.Option(None, "--tokens", help="training tokens to process (default 50M)"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    lr: float = typer.Option(2e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    eval_every: int = typer.Option(500, "--eval-every", help="steps between val greedy evaluations"),
+    eval_puzzles: int = typer.Option(300, "--eval-puzzles"),
+    ckpt_every: int = typer.Option(200, "--ckpt-every", help="steps between checkpoints"),
+    precision: str = typer.Option("auto", "--precision", help="auto|fp32|bf16"),
+    threads: int = typer.Option(0, "--threads", help="torch threads (0: default)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint"),
+    quiet: bool = typer.Option(False, "--quiet", help="log lines instead of a progress bar"),
+) -> None:
+    """Train a Countdown model (optimal paths, or optimal paths + backtracking examples)."""
+    import os
+
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from training.sft import TrainConfig, train
+
+    os.environ.setdefault("SBT_TRAIN_COMMAND", "sbt " + shlex.join(sys.argv[1:]))
+    try:
+        weights = tuple(float(x) for x in kinds.split(":"))
+        assert len(weights) == 3 and all(w >= 0 for w in weights) and sum(weights) > 0
+    except (ValueError, AssertionError):
+        raise SbtError(f"--kinds must look like 1:2:2 (three non-negative weights), got {kinds!r}") from None
+    data_dir = data_dir or Path("data") / f"countdown{numbers}"
+    if not (data_dir / "train.jsonl").is_file():
+        raise SbtError(f"no training data in {data_dir}; run: sbt data generate --numbers {numbers} --out {data_dir}")
+    cfg = TrainConfig(out=str(out), data_dir=str(data_dir), data=data, back_ratio=back_ratio, kind_weights=weights,
+                      size=size, base_model=str(base_model) if base_model else None, train_puzzles=train_puzzles,
+                      batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
+                      eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, threads=threads)
+    if tokens is not None:
+        cfg.max_tokens = int(tokens)
+    if resume:
+        saved = out / "checkpoint" / "state.pt"
+        if saved.is_file():
+            cfg = TrainConfig(**torch.load(saved, weights_only=False)["config"])
+            if tokens is not None:
+                cfg.max_tokens = int(tokens)
+    try:
+        cfg.recipe()
+    except ValueError as exc:
+        raise SbtError(str(exc)) from None
+    console = Console(stderr=True)
+    if quiet:
+        report = train(cfg, resume=resume, log=lambda m: print(m, flush=True))
+    else:
+        with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
+                      TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task("train", total=None, loss=float("nan"), tps=0.0)
+
+            def on_step(info: dict) -> None:
+                bar.update(task, completed=info["step"], total=info["total"], loss=info["loss"], tps=info["tokens_per_s"])
+
+            report = train(cfg, resume=resume, log=bar.console.print, on_step=on_step)
+    final = report["final"] or {}
+    typer.echo(f"saved {out}: {report['steps']:,} steps, {report['tokens']:,} tokens, {report['wall_s']:.0f} s, "
+               f"val greedy {final.get('val_greedy', 0):.1%}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)

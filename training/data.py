@@ -1,0 +1,163 @@
+"""Training data: D_op (one solution path per puzzle) and D_back (a correct prefix, ONE
+wrong step, then <backtrack>), and the paper's loss mask.
+
+Each ``Example`` is text plus the character spans whose tokens are NOT trained: the
+prompt always, and in a backtracking example the wrong step (its line and newline).
+``<backtrack>`` and the end-of-sequence token are trained, so the model learns to
+recognise errors without ever learning to make them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Iterator
+
+from sbt_core.countdown import Puzzle, Step, apply_op, apply_step, legal_steps
+from sbt_core.solver import is_solvable, random_solution
+from sbt_core.trace import BACKTRACK, prompt, render_backtrack, render_solution, render_steps
+
+ERROR_KINDS = ("exploration", "computational", "rule")
+
+
+@dataclass
+class Recipe:
+    """What to build: ``data`` is "op" (SFT baseline) or "op+back" (self-backtracking)."""
+
+    data: str = "op+back"
+    back_ratio: float = 1.0  # |D_back| / |D_op|
+    kind_weights: tuple[float, float, float] = (1.0, 2.0, 2.0)  # exploration : computational : rule
+
+    def __post_init__(self) -> None:
+        if self.data not in ("op", "op+back"):
+            raise ValueError(f"--data must be 'op' or 'op+back', got {self.data!r}")
+        self.kind_weights = tuple(float(w) for w in self.kind_weights)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Example:
+    prompt: str
+    response: str
+    kind: str  # "op" or an error kind
+    masked: list[tuple[int, int]] = field(default_factory=list)  # char spans of prompt+response
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.response
+
+
+def op_example(puzzle: Puzzle, path: list[Step]) -> Example:
+    p = prompt(puzzle)
+    return Example(p, render_solution(path), "op", [(0, len(p))])
+
+
+def back_example(puzzle: Puzzle, prefix: list[Step], wrong: Step, kind: str) -> Example:
+    p = prompt(puzzle)
+    start = len(p) + len(render_steps(prefix))
+    end = start + len(f"{wrong}\n")
+    return Example(p, render_backtrack(prefix, wrong), kind, [(0, len(p)), (start, end)])
+
+
+# ---- wrong steps -----------------------------------------------------------------
+
+def exploration_error(state: tuple[int, ...], target: int, rng: random.Random) -> Step | None:
+    """A legal, correct step after which the target can no longer be reached."""
+    dead = [s for s in legal_steps(state) if not is_solvable(apply_step(state, s), target)]
+    return rng.choice(dead) if dead else None
+
+
+def computational_error(state: tuple[int, ...], rng: random.Random) -> Step | None:
+    """Available numbers, a legal operation, a wrong result."""
+    moves = legal_steps(state)
+    if not moves:
+        return None
+    s = rng.choice(moves)
+    for _ in range(20):
+        delta = rng.choice([1, 1, 2, 3, 5, 10, rng.randint(1, max(2, s.result))])
+        wrong = s.result + delta if rng.random() < 0.5 or s.result - delta < 0 else s.result - delta
+        if wrong != s.result and wrong >= 0:
+            return Step(s.a, s.op, s.b, wrong)
+    return None
+
+
+def rule_violation(state: tuple[int, ...], puzzle: Puzzle, rng: random.Random) -> Step | None:
+    """A step that breaks a rule: an unavailable number, negative subtraction or inexact division."""
+    options = []
+    s = sorted(state)
+    if len(s) >= 2:
+        pairs = [(s[i], s[j]) for i in range(len(s)) for j in range(i + 1, len(s))]
+        neg = [(lo, hi) for lo, hi in pairs if lo < hi]
+        if neg:
+            lo, hi = rng.choice(neg)
+            options.append(Step(lo, "-", hi, lo - hi))
+        inexact = [(hi, lo) for lo, hi in pairs if lo > 0 and hi % lo]
+        if inexact:
+            hi, lo = rng.choice(inexact)
+            options.append(Step(hi, "/", lo, hi // lo))
+    # an unavailable number: one already used up, or one never given
+    pool = [x for x in puzzle.numbers if x not in state] or [x for x in range(1, 100) if x not in state]
+    if pool and state:
+        ghost, real = rng.choice(pool), rng.choice(state)
+        op = rng.choice(["+", "*", "-"])
+        a, b = max(ghost, real), min(ghost, real)
+        r = apply_op(a, op, b)
+        if r is not None:
+            options.append(Step(a, op, b, r))
+    return rng.choice(options) if options else None
+
+
+def wrong_step(kind: str, state: tuple[int, ...], puzzle: Puzzle, rng: random.Random) -> Step | None:
+    if kind == "exploration":
+        return exploration_error(state, puzzle.target, rng)
+    if kind == "computational":
+        return computational_error(state, rng)
+    return rule_violation(state, puzzle, rng)
+
+
+# ---- building a data set ----------------------------------------------------------
+
+def examples_for(puzzle: Puzzle, recipe: Recipe, rng: random.Random) -> list[Example]:
+    """D_op example for the puzzle and, by the recipe's ratio, D_back examples on its path."""
+    path = random_solution(puzzle, rng)
+    if path is None:
+        return []
+    out = [op_example(puzzle, path)]
+    if recipe.data == "op":
+        return out
+    n_back = int(recipe.back_ratio) + (rng.random() < recipe.back_ratio % 1)
+    for _ in range(n_back):
+        kind = rng.choices(ERROR_KINDS, weights=recipe.kind_weights)[0]
+        for attempt in range(len(ERROR_KINDS) * 4):
+            k = rng.randrange(len(path))
+            state = tuple(sorted(puzzle.numbers))
+            for step in path[:k]:
+                state = apply_step(state, step)
+            wrong = wrong_step(kind, state, puzzle, rng)
+            if wrong is not None:
+                out.append(back_example(puzzle, path[:k], wrong, kind))
+                break
+            if attempt % 4 == 3:  # this kind is impossible here: try the next one
+                kind = ERROR_KINDS[(ERROR_KINDS.index(kind) + 1) % len(ERROR_KINDS)]
+    return out
+
+
+def build_examples(puzzles: Iterable[Puzzle], recipe: Recipe, seed: int) -> Iterator[Example]:
+    rng = random.Random(f"data-{seed}")
+    for puzzle in puzzles:
+        yield from examples_for(puzzle, recipe, rng)
+
+
+def encode(example: Example, tokenizer, max_len: int = 256) -> tuple[list[int], list[int]]:
+    """Token ids (bos + text + eos) and labels (-100 where masked)."""
+    enc = tokenizer(example.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, labels = [tokenizer.bos_token_id], [-100]
+    for tid, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+        ids.append(tid)
+        hidden = any(start >= a and end <= b for a, b in example.masked)
+        labels.append(-100 if hidden else tid)
+    ids.append(tokenizer.eos_token_id)
+    labels.append(tokenizer.eos_token_id)
+    return ids[:max_len], labels[:max_len]
