@@ -46,10 +46,15 @@ class Puzzle:
 
     @classmethod
     def from_json(cls, obj: dict) -> "Puzzle":
-        try:
-            puzzle = cls(tuple(obj["numbers"]), obj["target"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PuzzleError(f"not a puzzle object (needs 'numbers' and 'target'): {obj!r:.80}") from exc
+        def whole(x) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        # strict: 1.5, true, "12" or [[1]] must not be read silently as whole numbers
+        if not (isinstance(obj, dict) and isinstance(obj.get("numbers"), list)
+                and all(whole(x) for x in obj["numbers"]) and whole(obj.get("target"))):
+            raise PuzzleError(f"not a puzzle object (needs 'numbers': a list of whole numbers and "
+                              f"'target': a whole number): {obj!r:.80}")
+        puzzle = cls(tuple(obj["numbers"]), obj["target"])
         check_puzzle(puzzle)
         return puzzle
 
@@ -111,7 +116,7 @@ def _read_ints(part: str, what: str) -> list[int]:
     for tok in tokens:
         if not _INT.fullmatch(tok):
             raise PuzzleError(f"{tok[:20]!r} is not a whole number (in the {what})")
-        if len(tok.lstrip("+-")) > 7:
+        if len(tok.lstrip("+-").lstrip("0")) > 7:  # leading zeros are harmless: 0000005 is 5
             raise PuzzleError(f"numbers must be at most {MAX_VALUE:,}, got {tok[:20]}")
         values.append(int(tok))
     return values
@@ -151,7 +156,9 @@ class Step:
         return apply_op(self.a, self.op, self.b) == self.result
 
 
-_STEP = re.compile(r"\s*(\d{1,12})\s*([-+*/])\s*(\d{1,12})\s*=\s*(-?\d{1,12})\s*")
+# 40 digits: 6 numbers of at most 10**6 never make a value above 10**36 (37 digits), so every
+# legal step of an accepted puzzle can be written and read back. ASCII digits only (strict).
+_STEP = re.compile(r"\s*(\d{1,40})\s*([-+*/])\s*(\d{1,40})\s*=\s*(-?\d{1,40})\s*", re.ASCII)
 
 
 def parse_step(line: str) -> Step | None:

@@ -142,7 +142,7 @@ def read_puzzles(path: Path | str, limit: int | None = None) -> list[Puzzle]:
     if not path.is_file():
         raise SbtError(f"puzzle file not found: {path}")
     out = []
-    with open(path) as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -150,6 +150,8 @@ def read_puzzles(path: Path | str, limit: int | None = None) -> list[Puzzle]:
                 obj = json.loads(line)
             except json.JSONDecodeError:
                 raise SbtError(f"{path}:{lineno}: not valid JSON") from None
+            except RecursionError:
+                raise SbtError(f"{path}:{lineno}: JSON nested too deeply") from None
             try:
                 out.append(Puzzle.from_json(obj))
             except SbtError as exc:

@@ -95,5 +95,5 @@ def parse_prompt(text: str) -> Puzzle | None:
         nums, _, tail = rest.partition("]->target ")
         target = tail.split("\n", 1)[0]
         return Puzzle(tuple(int(x) for x in nums.lstrip("[").split(", ")), int(target))
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError):
         return None

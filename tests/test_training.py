@@ -1,0 +1,182 @@
+"""Training: masks pinned on hand-written examples, data properties, a tiny model learns, resume."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from sbt_core.countdown import Failure, Puzzle, Step, apply_step, verify
+from sbt_core.solver import is_solvable
+from sbt_core.tokenizer import build_tokenizer
+from sbt_core.trace import parse_response
+from training.data import Recipe, back_example, encode, examples_for, op_example
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def trained_text(tok, ex):
+    ids, labels = encode(ex, tok)
+    return tok.decode([l for l in labels if l != -100])
+
+
+def test_op_mask_trains_response_and_eos_only(tok):
+    p = Puzzle((2, 3, 5), 30)
+    ex = op_example(p, [Step(5, "*", 3, 15), Step(15, "*", 2, 30)])
+    ids, labels = encode(ex, tok)
+    assert ids[0] == tok.bos_token_id and labels[0] == -100
+    assert trained_text(tok, ex) == "5 * 3 = 15\n15 * 2 = 30\nGoal Reached!<eos>"
+    assert tok.decode(ids[1:-1]) == ex.text
+
+
+def test_back_mask_hides_prompt_and_wrong_step(tok):
+    p = Puzzle((2, 3, 5), 30)
+    ex = back_example(p, [Step(5, "*", 3, 15)], Step(15, "+", 2, 18), "computational")
+    assert ex.response == "5 * 3 = 15\n15 + 2 = 18\n<backtrack>"
+    assert trained_text(tok, ex) == "5 * 3 = 15\n<backtrack><eos>"
+    ex0 = back_example(p, [], Step(7, "-", 2, 5), "rule")
+    assert trained_text(tok, ex0) == "<backtrack><eos>"
+
+
+def test_op_only_recipe_has_no_backtracking():
+    rng = random.Random(0)
+    exs = examples_for(Puzzle((19, 90, 41, 32), 80), Recipe(data="op"), rng)
+    assert [e.kind for e in exs] == ["op"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000))
+def test_generated_examples_are_right_and_wrong_as_labelled(seed):
+    rng = random.Random(seed)
+    numbers = tuple(rng.randint(1, 30) for _ in range(rng.choice([3, 4])))
+    target = rng.randint(1, 60)
+    if not is_solvable(numbers, target):
+        return
+    p = Puzzle(numbers, target)
+    for ex in examples_for(p, Recipe(back_ratio=2.0), rng):
+        resp = parse_response(ex.response)
+        if ex.kind == "op":
+            assert resp.reached_goal and verify(p, resp.steps).ok
+            continue
+        assert resp.backtracked
+        *prefix, wrong = resp.steps
+        state = tuple(sorted(p.numbers))
+        for s in prefix:  # the prefix is a correct partial solution
+            state = apply_step(state, s)
+        assert is_solvable(state, target)
+        partial = verify(Puzzle(state, target), [wrong])
+        if ex.kind == "exploration":
+            assert wrong.is_correct and not is_solvable(apply_step(state, wrong), target)
+        elif ex.kind == "computational":
+            assert wrong.is_legal and not wrong.is_correct
+            assert partial.failure == Failure.INCORRECT_RESULT or wrong.a not in state
+        else:
+            assert partial.failure in (Failure.UNKNOWN_NUMBER, Failure.ILLEGAL_OPERATION)
+
+
+def test_kind_ratio_roughly_follows_weights():
+    rng = random.Random(1)
+    from collections import Counter
+
+    kinds = Counter()
+    for i in range(400):
+        p = Puzzle((rng.randint(1, 99), rng.randint(1, 99), rng.randint(1, 99), rng.randint(1, 99)), 0)
+        from sbt_core.solver import solve
+
+        sol = solve(Puzzle(p.numbers, 50))
+        if sol:
+            kinds.update(e.kind for e in examples_for(Puzzle(p.numbers, 50), Recipe(), rng))
+    back = kinds["exploration"] + kinds["computational"] + kinds["rule"]
+    assert abs(back / kinds["op"] - 1.0) < 0.05
+    assert 0.1 < kinds["exploration"] / back < 0.3
+
+
+@pytest.fixture()
+def tiny_data(tmp_path):
+    from sbt_core.generate import GeneratorConfig, generate
+
+    d = tmp_path / "data"
+    generate(GeneratorConfig(n_numbers=3, sizes={"train": 300, "val": 20, "test_seen": 0, "test_new": 0}), d, workers=1)
+    return d
+
+
+def _cfg(tmp_path, data_dir, **kw):
+    from training.sft import TrainConfig
+
+    base = dict(out=str(tmp_path / "model"), data_dir=str(data_dir), size="tiny", max_tokens=60_000,
+                batch_size=32, lr=5e-3, warmup_steps=5, eval_every=1000, eval_puzzles=5, ckpt_every=10, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_tiny_model_loss_falls_and_saves_hf_dir(tmp_path, tiny_data):
+    from training.sft import train
+
+    losses = []
+    report = train(_cfg(tmp_path, tiny_data), log=lambda m: None, on_step=lambda i: losses.append(i["loss"]))
+    assert losses[-1] < losses[0] - 0.5
+    out = tmp_path / "model"
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "training.json"):
+        assert (out / f).is_file(), f
+    saved = json.loads((out / "training.json").read_text())
+    assert saved["steps"] == report["steps"] and saved["config"]["seed"] == 0 and saved["curve"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.convert_tokens_to_ids("<backtrack>") != tok.unk_token_id
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_resume_continues_exactly(tmp_path, tiny_data):
+    import torch
+    from training.sft import train
+
+    full = train(_cfg(tmp_path / "a", tiny_data), log=lambda m: None)
+    cut = _cfg(tmp_path / "b", tiny_data, max_tokens=60_000)
+    # stop after 10 steps by training a shorter run sharing the same schedule
+    from training import sft
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cut, log=lambda m: None, on_step=lambda i: (_ for _ in ()).throw(KeyboardInterrupt) if i["step"] == 12 else None)
+    resumed = train(cut, resume=True, log=lambda m: None)
+    assert resumed["steps"] == full["steps"]
+    a = torch.load(tmp_path / "a" / "model" / "checkpoint" / "state.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "model" / "checkpoint" / "state.pt", weights_only=False)["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_existing_checkpoint_needs_resume(tmp_path, tiny_data):
+    from sbt_core.errors import SbtError
+    from training.sft import train
+
+    train(_cfg(tmp_path, tiny_data, max_tokens=5_000), log=lambda m: None)
+    with pytest.raises(SbtError, match="--resume"):
+        train(_cfg(tmp_path, tiny_data, max_tokens=5_000), log=lambda m: None)
+
+
+def test_base_model_dir_is_fine_tuned_with_backtrack_token(tmp_path, tiny_data):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+
+    # a foreign tokenizer (character level, no <backtrack>) and a random GPT-2 made here
+    chars = sorted(set("0123456789+-*/=[], \n#:>QuestionumbrsRpGlachd!targe"))
+    vocab = {c: i for i, c in enumerate(["<|endoftext|>", "<unk>"] + chars)}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Split("", "isolated") if False else pre_tokenizers.Split(
+        __import__("tokenizers").Regex(r"[\s\S]"), "isolated")
+    t.decoder = decoders.Fuse()
+    ftok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|endoftext|>", unk_token="<unk>")
+    base = tmp_path / "base"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(ftok), n_embd=32, n_layer=1, n_head=2, n_positions=256)).save_pretrained(base)
+    ftok.save_pretrained(base)
+    from training.sft import train
+
+    train(_cfg(tmp_path, tiny_data, base_model=str(base), max_tokens=3_000, attn=""), log=lambda m: None)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "model")
+    assert len(tok) == len(ftok) + 1
+    assert tok.convert_tokens_to_ids("<backtrack>") == len(ftok)
