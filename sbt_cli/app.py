@@ -3,13 +3,88 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from sbt_core.errors import SbtError
 
+_OPTION_NAME = re.compile(r"--?[A-Za-z][\w-]*(=.*)?", re.S)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split()) or "unknown error"
+
+
+def _fail(message: str, code: int):
+    typer.echo(f"error: {_one_line(message)}", err=True)
+    sys.exit(code)
+
+
+class SbtGroup(TyperGroup):
+    """The root command: every error becomes ONE line on stderr and an exit code.
+
+    Handled here (not only in ``main``) so that ``CliRunner().invoke(app, ...)`` sees exactly
+    what a user sees: usage errors and SbtError exit 2 (NoSolutionError 1), Ctrl-C 130,
+    anything unexpected 3; never a traceback unless SBT_DEBUG is set.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        args = self._puzzle_args(list(sys.argv[1:] if args is None else args))
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except SbtError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # help was already printed
+                sys.exit(getattr(exc, "exit_code", 2))
+            if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click usage errors
+                hint = ""
+                if any(c.__name__ == "UsageError" for c in type(exc).__mro__):
+                    ctx = getattr(exc, "ctx", None)
+                    words = ["sbt", *(ctx.command_path.split()[1:] if ctx is not None else [])]
+                    hint = f" (see '{' '.join(words)} --help')"
+                _fail(exc.format_message() + hint, exc.exit_code)
+            if type(exc).__name__ == "Abort":
+                _fail("aborted", 1)
+            if os.environ.get("SBT_DEBUG"):
+                raise
+            if isinstance(exc, OSError):
+                _fail(f"{type(exc).__name__}: {exc}", 1)
+            _fail(f"internal error: {type(exc).__name__}: {exc} (set SBT_DEBUG=1 for the traceback)", 3)
+        # non-standalone click returns the code of a typer.Exit, else the command's return value
+        code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return rv
+
+    def _puzzle_args(self, args: list[str]) -> list[str]:
+        """``sbt solve "-1 2 -> 3"``: a puzzle that starts with '-' is not an option.
+
+        Such an argument is moved behind ``--`` so that the puzzle parser, not the option
+        parser, reports what is wrong with it (here: a negative number).
+        """
+        if not args or args[0] != "solve" or "--" in args:
+            return args
+        cmd = self.commands.get("solve")
+        takes_value = {o for p in getattr(cmd, "params", ()) if getattr(p, "param_type_name", "") == "option"
+                       and not getattr(p, "is_flag", False) for o in (*p.opts, *p.secondary_opts)}
+        for i in range(1, len(args)):
+            tok = args[i]
+            if args[i - 1] in takes_value:
+                continue
+            if tok.startswith("-") and tok != "-" and not _OPTION_NAME.fullmatch(tok):
+                return [*args[:i], *args[i + 1:], "--", tok]
+        return args
+
+
 app = typer.Typer(
+    cls=SbtGroup,
     name="sbt",
     help="Self-backtracking language models on Countdown: solve, train, bench, watch.",
     no_args_is_help=True,
@@ -34,11 +109,12 @@ for _optional in ("train", "bench", "iterate", "tui", "export"):
 
 
 def fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {_one_line(message)}", err=True)
     raise SystemExit(code)
 
 
 def main() -> None:
+    # SbtGroup.main turns errors into one line; this is a safety net around it
     try:
         app(standalone_mode=True)
     except SbtError as exc:
