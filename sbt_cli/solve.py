@@ -8,53 +8,76 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from sbt_core.countdown import expression, parse_puzzle, parse_step
+from sbt_core.countdown import parse_puzzle
 from sbt_core.errors import SbtError
 from sbt_core.search import METHODS
 from sbt_core.search.events import Done
 
+DEFAULT_METHOD = "self-backtrack"
+
 
 def solve(
     puzzle: str = typer.Argument(..., help='the puzzle, e.g. "2 3 5 -> 30"'),
-    method: str = typer.Option("exact", "--method", "-m", help="|".join(METHODS)),
-    model: Optional[str] = typer.Option(None, "--model", help="model name or directory"),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="|".join(METHODS)),
+    model: Optional[str] = typer.Option(None, "--model", help="model name (in models/) or directory; "
+                                        "default: countdown4-backtrack (countdown3-backtrack for 3 numbers)"),
     backend: str = typer.Option("torch", "--backend", help="torch|llama"),
-    n: int = typer.Option(16, "--n", help="samples per expansion"),
-    b: int = typer.Option(1, "--b", help="backtracking budget (rounds of re-expansion)"),
-    temperature: float = typer.Option(0.7, "--temperature", help="sampling temperature"),
+    n: Optional[int] = typer.Option(None, "--n", help="samples per expansion (default 16; dfs: 4)"),
+    b: Optional[int] = typer.Option(None, "--b", help="self-backtrack: rounds of re-expansion (default 1)"),
+    width: Optional[int] = typer.Option(None, "--width", help="beam: beam width (default 4)"),
+    nodes: Optional[int] = typer.Option(None, "--nodes", help="dfs: node budget (default 32)"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="sampling temperature (default 0.7)"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="sample from the k most likely tokens (0: all)"),
     seed: int = typer.Option(0, "--seed", help="random seed (same seed, same output)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     trace: bool = typer.Option(False, "--trace", help="with --json: include the event stream"),
 ) -> None:
     """Solve a Countdown puzzle and verify the answer with the strict verifier."""
-    p = parse_puzzle(puzzle)
+    try:
+        _solve(puzzle, method, model, backend, {"n": n, "b": b, "width": width, "nodes": nodes,
+                                                 "temperature": temperature, "top_k": top_k},
+               seed, as_json, trace)
+    except SbtError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _solve(text: str, method: str, model: str | None, backend_name: str, given: dict, seed: int,
+           as_json: bool, trace: bool) -> None:
+    p = parse_puzzle(text)
     if method not in METHODS:
         raise SbtError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     spec = METHODS[method]
-    params = {"n": n, "b": b, "temperature": temperature}
+    params = {**spec.defaults, **{k: v for k, v in given.items() if k in spec.defaults and v is not None}}
     engine = None
     if spec.needs_model:
-        raise SbtError(f"method {method!r} needs a trained model, which this build does not have yet")
-    events = []
-    result = None
+        from sbt_core.backends import load_backend
+
+        engine = load_backend(model, backend_name, n_numbers=len(p.numbers))
+    console = Console(highlight=False)
+    view = None
+    if not as_json:
+        from .solve_view import SearchView
+
+        where = f"  model: {engine.model_name} ({engine.backend_name})" if engine else ""
+        console.print(f"[bold]{p}[/]  method: {method}{where}")
+        view = SearchView(console)
+    events, result = [], None
     for event in spec.run(p, engine, params, seed):
-        events.append(event)
+        if trace:
+            events.append(event)
+        if view is not None:
+            view(event)
         if isinstance(event, Done):
             result = event.result
     assert result is not None
     if as_json:
         out = result.to_json()
+        if engine is not None:
+            out["model"] = engine.model_name
+            out["backend"] = engine.backend_name
         if trace:
             out["trace"] = [e.to_json() for e in events]
         typer.echo(json.dumps(out))
-    else:
-        console = Console(highlight=False)
-        console.print(f"[bold]{p}[/]  method: {method}")
-        for line in result.lines:
-            console.print(f"  {line}")
-        if result.solved:
-            console.print(f"[green]✓ {expression(p, [parse_step(x) for x in result.lines])}[/]")
-        else:
-            console.print(f"[red]✗ no verified answer: {result.verdict.describe()}[/]")
     if not result.solved:
         raise typer.Exit(1)

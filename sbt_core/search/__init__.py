@@ -1,9 +1,15 @@
-"""Search strategies over a model backend. Each yields the event stream of ``events``."""
+"""Search strategies over a model backend. Each yields the event stream of ``events``.
+
+``METHODS`` maps a method name to its ``Method``: ``run(puzzle, backend, params, seed)``
+yields events and ends with ``Done``; ``params`` names the parameters it reads and
+``defaults`` their default values (unknown keys in ``params`` are ignored). ``oracle``
+methods use the verifier or the solver, so they are not model-only methods.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 from ..countdown import Puzzle
 from .events import Done, Event, SearchResult
@@ -17,6 +23,7 @@ class Method:
     oracle: bool  # uses the verifier or the solver, so it is not a fair model-only method
     params: tuple[str, ...]
     help: str
+    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 def _exact(*a, **k):
@@ -25,9 +32,29 @@ def _exact(*a, **k):
     return run_exact(*a, **k)
 
 
-METHODS: dict[str, Method] = {
-    "exact": Method("exact", _exact, needs_model=False, oracle=True, params=(), help="symbolic solver (oracle)"),
-}
+def _registry() -> dict[str, Method]:
+    from . import beam, best_of_n, dfs, greedy, pass_at_n, self_backtrack
+
+    def method(name, run, defaults, *, oracle, help, needs_model=True):
+        return Method(name, run, needs_model, oracle, tuple(defaults), help, dict(defaults))
+
+    return {m.name: m for m in (
+        method("self-backtrack", self_backtrack.run_self_backtrack, self_backtrack.DEFAULTS, oracle=False,
+               help="Algorithm 1: sample, roll <backtrack> samples back one step and re-expand (b rounds), "
+                    "pick by mean log-prob"),
+        method("greedy", greedy.run_greedy, greedy.DEFAULTS, oracle=False, help="greedy decoding"),
+        method("beam", beam.run_beam, beam.DEFAULTS, oracle=False, help="beam search of width `width`"),
+        method("best-of-n", best_of_n.run_best_of_n, best_of_n.DEFAULTS, oracle=False,
+               help="N samples, pick by mean token log-prob (no verifier)"),
+        method("pass@n", pass_at_n.run_pass_at_n, pass_at_n.DEFAULTS, oracle=True,
+               help="oracle: solved when any of N samples verifies"),
+        method("dfs", dfs.run_dfs, dfs.DEFAULTS, oracle=True,
+               help="oracle: verifier-guided depth-first search over model steps, node budget `nodes`"),
+        method("exact", _exact, {}, oracle=True, needs_model=False, help="symbolic solver (oracle)"),
+    )}
+
+
+METHODS: dict[str, Method] = _registry()
 
 
 def run_search(method: str, puzzle: Puzzle, backend=None, params: dict | None = None, seed: int = 0) -> SearchResult:

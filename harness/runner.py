@@ -1,0 +1,541 @@
+"""The bench runner: a matrix of methods x params x models over a list of puzzles.
+
+Every (method, params, model) cell is one *run* in the results store. A run's identity is
+(method, params, model sha256, backend, puzzles sha256, seed); running the same bench
+again finds the run and does only the puzzles it has no result for. Each puzzle's result
+is committed as soon as it finishes, so kill -9 loses at most the puzzle in flight.
+
+Puzzle ``i`` of a run is searched with seed ``derive_seed(seed, i)``, so a result does not
+depend on which puzzles were done before it (resuming gives the same answers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import itertools
+import math
+import os
+import platform
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+from sbt_core.countdown import Puzzle
+from sbt_core.errors import SbtError
+from sbt_core.generate import read_puzzles
+from sbt_core.search import METHODS
+from sbt_core.search.events import Done, SearchResult
+
+from .store import REPO_ROOT, Store, canonical_json, puzzles_sha256
+
+# the matrix knobs of `sbt bench` and which method parameter each one sets
+MATRIX_KNOBS = ("n", "b", "temperature")
+DEFAULT_METHODS = ("greedy", "best-of-n", "self-backtrack")
+
+
+class BenchInterrupted(Exception):
+    """Ctrl-C / SIGTERM during a bench: the current run was marked ``interrupted``."""
+
+    def __init__(self, run_id: int, done: int, total: int) -> None:
+        super().__init__(f"interrupted in run #{run_id} at {done}/{total}")
+        self.run_id, self.done, self.total = run_id, done, total
+
+
+# --------------------------------------------------------------------------- the matrix
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    params: tuple[tuple[str, Any], ...]  # sorted (name, value) pairs: the method's defaults + overrides
+    model: str | None  # as asked for (None: the default model, or no model at all)
+
+    @property
+    def params_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def needs_model(self) -> bool:
+        return METHODS[self.method].needs_model
+
+    def label(self) -> str:
+        return format_label(self.method, self.params_dict)
+
+
+HEADLINE_PARAMS = ("n", "b", "width", "nodes")
+
+
+def _fmt_value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def format_params(params: dict) -> str:
+    return " ".join(f"{k}={_fmt_value(v)}" for k, v in sorted(params.items()))
+
+
+def format_label(method: str, params: dict) -> str:
+    """``self-backtrack n=8 b=1``: the headline params, then any that differ from the defaults."""
+    spec = METHODS.get(method)
+    defaults = dict(getattr(spec, "defaults", None) or {})
+    head = [k for k in HEADLINE_PARAMS if k in params]
+    rest = sorted(k for k in params if k not in head and (k not in defaults or params[k] != defaults[k]))
+    return " ".join([method] + [f"{k}={_fmt_value(params[k])}" for k in head + rest])
+
+
+def parse_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_list(text: str | None, cast: Callable[[str], Any], what: str) -> list:
+    """``"8,16,32"`` -> ``[8, 16, 32]`` (order kept, duplicates dropped)."""
+    if text is None or not str(text).strip():
+        return []
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = cast(part)
+        except ValueError:
+            raise SbtError(f"{what}: {part!r} is not a valid value") from None
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def parse_param_options(items: Sequence[str]) -> dict[str, list]:
+    """``["width=2,4", "nodes=32"]`` -> ``{"width": [2, 4], "nodes": [32]}``."""
+    out: dict[str, list] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not values.strip():
+            raise SbtError(f"--param {item!r}: expected KEY=VALUE[,VALUE...]")
+        out[key] = parse_list(values, parse_value, f"--param {key}")
+    return out
+
+
+def plan_matrix(methods: Sequence[str], ns: Sequence[int], bs: Sequence[int],
+                models: Sequence[str | None], temperature: float | None = None,
+                extra: dict[str, list] | None = None) -> list[RunSpec]:
+    """The runs of a bench: every method x its meaningful params x models.
+
+    A knob is varied only for methods that take it (``Method.params``): ``b`` only for
+    self-backtracking, ``n`` not for greedy / beam / exact, ``temperature`` only for
+    samplers, ``extra`` (``--param KEY=V,..``) only where KEY is a parameter; methods
+    without a model get one run whatever ``models`` says. Each run's params are the
+    method's defaults with these overrides, so a run records every setting it used.
+    """
+    for m in methods:
+        if m not in METHODS:
+            raise SbtError(f"unknown method {m!r}; choose from: {', '.join(METHODS)}")
+    for n in ns:
+        if n < 1:
+            raise SbtError(f"--n must be at least 1, got {n}")
+    for b in bs:
+        if b < 0:
+            raise SbtError(f"--b must be at least 0, got {b}")
+    extra = dict(extra or {})
+    known = {p for m in methods for p in METHODS[m].params}
+    unused = [k for k in extra if k not in known]
+    if unused:
+        raise SbtError(f"--param {unused[0]}: none of the methods {', '.join(methods)} takes it")
+    knobs: dict[str, list] = {"n": list(ns), "b": list(bs)}
+    if temperature is not None:
+        knobs["temperature"] = [float(temperature)]
+    knobs.update(extra)
+    models = list(models) or [None]
+    specs: list[RunSpec] = []
+    for model in models:
+        for m in methods:
+            spec = METHODS[m]
+            defaults = dict(getattr(spec, "defaults", None) or {})
+            axes = [[(k, v) for v in values] for k, values in knobs.items() if k in spec.params and values]
+            for combo in itertools.product(*axes):
+                params = {**defaults, **dict(combo)}
+                rs = RunSpec(m, tuple(sorted(params.items())), model if spec.needs_model else None)
+                if rs not in specs:
+                    specs.append(rs)
+    return specs
+
+
+# --------------------------------------------------------------------------- puzzles
+
+
+@dataclass
+class PuzzleSource:
+    path: Path
+    split: str | None
+    puzzles: list[Puzzle]  # the whole file
+    sha256: str
+
+    @property
+    def label(self) -> str:
+        return self.split or self.path.name
+
+
+def infer_numbers(model: str | None) -> int:
+    """How many input numbers a model was trained for (from its name; default 4)."""
+    if model:
+        m = re.search(r"countdown[-_]?(\d)", Path(model).name)
+        if m:
+            return int(m.group(1))
+    return 4
+
+
+def resolve_data_dir(data: str | Path | None, n_numbers: int) -> Path:
+    if data is None:
+        data = Path("data") / f"countdown{n_numbers}"
+    data = Path(data)
+    if not data.is_absolute() and not data.exists() and (REPO_ROOT / data).exists():
+        data = REPO_ROOT / data
+    return data
+
+
+_SOURCE_CACHE: dict[Path, PuzzleSource] = {}
+
+
+def load_source(split: str | None, puzzles_file: str | Path | None, data: str | Path | None = None,
+                n_numbers: int = 4) -> PuzzleSource:
+    """The puzzle list of a bench: ``--puzzles FILE`` or ``<data>/<split>.jsonl``."""
+    if puzzles_file is not None:
+        path, split_name = Path(puzzles_file), None
+    else:
+        split_name = split or "test_new"
+        if split_name == "train":
+            raise SbtError("benchmarking on the train split is not allowed; use test_new, test_seen or val")
+        d = resolve_data_dir(data, n_numbers)
+        path = d / f"{split_name}.jsonl"
+        if not path.is_file():
+            hint = f"sbt data generate --numbers {n_numbers} --out {d}"
+            raise SbtError(f"split file not found: {path} (generate it with `{hint}`, or pass --puzzles FILE)")
+    key = path.resolve()
+    if key not in _SOURCE_CACHE:
+        puzzles = read_puzzles(path)
+        if not puzzles:
+            raise SbtError(f"no puzzles in {path}")
+        _SOURCE_CACHE[key] = PuzzleSource(path, split_name, puzzles, puzzles_sha256(puzzles))
+    return _SOURCE_CACHE[key]
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """The search seed of puzzle ``index`` in a run seeded with ``seed``."""
+    digest = hashlib.sha256(f"sbt-bench:{int(seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+@lru_cache(maxsize=1)
+def git_sha() -> str | None:
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@lru_cache(maxsize=1)
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("sbt", "torch", "transformers", "sqlite-utils"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def command_line() -> str:
+    argv = list(sys.argv)
+    if argv:
+        argv[0] = Path(argv[0]).name
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+# --------------------------------------------------------------------------- observers
+
+
+class Observer(Protocol):
+    def run_started(self, spec: RunSpec, run: dict, total: int, done: int, solved: int) -> None: ...
+
+    def result(self, spec: RunSpec, run: dict, row: dict) -> None: ...
+
+    def run_finished(self, spec: RunSpec, run: dict, status: str) -> None: ...
+
+
+class NullObserver:
+    def run_started(self, spec, run, total, done, solved) -> None:
+        pass
+
+    def result(self, spec, run, row) -> None:
+        pass
+
+    def run_finished(self, spec, run, status) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- running
+
+
+def result_row(index: int, puzzle: Puzzle, result: SearchResult, events: list | None) -> dict:
+    st = result.stats
+    score = result.score
+    if score is not None and not math.isfinite(score):
+        score = None
+    return {
+        "puzzle_index": index,
+        "numbers": list(puzzle.numbers),
+        "target": puzzle.target,
+        "solved": bool(result.solved),
+        "failure": None if result.solved else str(result.verdict.failure or "no_answer"),
+        "steps": list(result.lines),
+        "score": score,
+        "tokens": int(st.tokens),
+        "model_calls": int(st.model_calls),
+        "backtracks": int(st.backtracks),
+        "expansions": int(st.expansions),
+        "candidates": int(st.candidates),
+        "wall_ms": float(st.wall_ms),
+        "trace": [e.to_json() for e in events] if events is not None else None,
+    }
+
+
+def solve_one(method: str, puzzle: Puzzle, backend, params: dict, seed: int, trace: bool) -> tuple[SearchResult, list | None]:
+    events: list | None = [] if trace else None
+    result = None
+    for event in METHODS[method].run(puzzle, backend, dict(params), seed):
+        if events is not None:
+            events.append(event)
+        if isinstance(event, Done):
+            result = event.result
+    if result is None:
+        raise RuntimeError(f"method {method!r} ended without a Done event")
+    return result, events
+
+
+@dataclass
+class RunOutcome:
+    spec: RunSpec
+    run_id: int
+    status: str
+    total: int
+    new: int  # results added by this invocation
+    n: int  # results stored for the run
+    solved: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.solved / self.n if self.n else 0.0
+
+
+@dataclass
+class Bench:
+    """One ``sbt bench`` invocation (what it runs, where it stores)."""
+
+    store: Store
+    specs: list[RunSpec]
+    split: str | None = "test_new"
+    puzzles_file: str | Path | None = None
+    data: str | Path | None = None
+    n_numbers: int | None = None
+    backend: str = "torch"
+    limit: int | None = None
+    seed: int = 0
+    trace: bool = True
+    observer: Any = field(default_factory=NullObserver)
+    load_backend: Callable[..., Any] | None = None  # (model, backend, n_numbers) -> Backend
+    _backends: dict = field(default_factory=dict)
+
+    def source_for(self, spec: RunSpec) -> PuzzleSource:
+        n_numbers = self.n_numbers or infer_numbers(spec.model)
+        return load_source(self.split, self.puzzles_file, self.data, n_numbers)
+
+    def backend_for(self, spec: RunSpec):
+        if not spec.needs_model:
+            return None
+        key = (spec.model, self.backend)
+        if key not in self._backends:
+            loader = self.load_backend
+            if loader is None:
+                from sbt_core.backends import load_backend as loader  # heavy imports stay lazy
+            self._backends[key] = loader(spec.model, self.backend, self.n_numbers or infer_numbers(spec.model))
+        return self._backends[key]
+
+    def run_fields(self, spec: RunSpec, source: PuzzleSource, backend, n_puzzles: int) -> dict:
+        return {
+            "method": spec.method,
+            "params": canonical_json(spec.params_dict),
+            "model": getattr(backend, "model_name", None) if backend is not None else None,
+            "model_sha256": getattr(backend, "model_sha256", None) if backend is not None else None,
+            "backend": getattr(backend, "backend_name", self.backend) if backend is not None else None,
+            "split": source.split,
+            "puzzles": str(source.path),
+            "puzzles_sha256": source.sha256,
+            "puzzles_total": len(source.puzzles),
+            "n_puzzles": n_puzzles,
+            "seed": int(self.seed),
+            "git_sha": git_sha(),
+            "versions": canonical_json(versions()),
+            "command": command_line(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+
+    def run_one(self, spec: RunSpec) -> RunOutcome:
+        source = self.source_for(spec)
+        puzzles = source.puzzles[: self.limit] if self.limit is not None else source.puzzles
+        backend = self.backend_for(spec)
+        run, _created = self.store.get_or_create_run(self.run_fields(spec, source, backend, len(puzzles)))
+        rid = run["id"]
+        done = self.store.done_indices(rid)
+        todo = [i for i in range(len(puzzles)) if i not in done]
+        already = len(puzzles) - len(todo)
+        self.observer.run_started(spec, run, len(puzzles), already, self._solved_in(rid, len(puzzles)))
+        new = 0
+        try:
+            for i in todo:
+                stored = self.store.query("select solved from results where run_id = ? and puzzle_index = ?", [rid, i])
+                if stored:  # another bench of the same run did it meanwhile
+                    self.observer.result(spec, run, {"puzzle_index": i, "solved": stored[0]["solved"]})
+                    continue
+                result, events = solve_one(spec.method, puzzles[i], backend, spec.params_dict,
+                                           derive_seed(self.seed, i), self.trace)
+                row = result_row(i, puzzles[i], result, events)
+                if self.store.add_result(rid, row):
+                    new += 1
+                self.observer.result(spec, run, row)
+        except KeyboardInterrupt:
+            self.store.set_status(rid, "interrupted")
+            self.observer.run_finished(spec, run, "interrupted")
+            raise BenchInterrupted(rid, already + new, len(puzzles)) from None
+        except BaseException as exc:
+            self.store.set_status(rid, "failed", f"{type(exc).__name__}: {exc}")
+            self.observer.run_finished(spec, run, "failed")
+            raise
+        # done only when every asked-for puzzle has a result (another process may still
+        # be writing some of them: then this run stays 'running' for that process)
+        missing = [i for i in range(len(puzzles)) if i not in self.store.done_indices(rid)]
+        status = "done" if not missing else "running"
+        self.store.set_status(rid, status)
+        self.observer.run_finished(spec, run, status)
+        n, k = self.store.count_results(rid)
+        return RunOutcome(spec, rid, status, len(puzzles), new, n, k)
+
+    def _solved_in(self, run_id: int, total: int) -> int:
+        return self.store.query("select coalesce(sum(solved), 0) k from results where run_id = ? and puzzle_index < ?",
+                                [run_id, total])[0]["k"]
+
+    def preflight(self) -> None:
+        """Resolve every puzzle file and model before starting (errors early, not after an hour)."""
+        for spec in self.specs:
+            self.source_for(spec)
+        if self.load_backend is None and any(s.needs_model for s in self.specs):
+            from sbt_core.backends import BACKENDS
+            from sbt_core.models import default_model, resolve_model
+
+            if self.backend not in BACKENDS:
+                raise SbtError(f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}")
+            for spec in self.specs:
+                if spec.needs_model:
+                    resolve_model(spec.model or default_model(self.n_numbers or infer_numbers(spec.model)))
+
+    def run(self) -> list[RunOutcome]:
+        self.preflight()
+        return [self.run_one(spec) for spec in self.specs]
+
+
+# --------------------------------------------------------------------------- rich progress
+
+
+class RichProgress:
+    """A rich progress bar per run with the running accuracy (stderr by default)."""
+
+    def __init__(self, console=None, n_runs: int = 1) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.fields[index]}"),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[acc]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.n_runs = n_runs
+        self.i = 0
+        self.task = None
+        self.n = self.k = 0
+
+    def __enter__(self) -> "RichProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def _acc(self) -> str:
+        if not self.n:
+            return "acc    -  "
+        return f"acc {100 * self.k / self.n:5.1f}%"
+
+    def run_started(self, spec, run, total, done, solved) -> None:
+        self.i += 1
+        self.n, self.k = done, solved
+        model = f" · {run['model']}" if run.get("model") else ""
+        self.task = self.progress.add_task(f"{spec.label()}{model}", total=total, completed=done,
+                                           acc=self._acc(), index=f"[{self.i}/{self.n_runs}] #{run['id']}")
+
+    def result(self, spec, run, row) -> None:
+        self.n += 1
+        self.k += int(bool(row["solved"]))
+        self.progress.update(self.task, advance=1, acc=self._acc())
+
+    def run_finished(self, spec, run, status) -> None:
+        if status != "done" and self.task is not None:
+            self.progress.update(self.task, acc=f"{self._acc()} [yellow]{status}[/]")
+
+
+def run_bench(store: Store, specs: Iterable[RunSpec], **kwargs) -> list[RunOutcome]:
+    """Run a bench (see ``Bench`` for the options) and return one outcome per run."""
+    return Bench(store, list(specs), **kwargs).run()
+
+
+def evaluate(store: Store, method: str, *, model: str | None = None, params: dict | None = None,
+             backend_obj: Any = None, **kwargs) -> RunOutcome:
+    """One method on one model as a stored, resumable run; returns its outcome (``.accuracy``,
+    ``.run_id``). For ``sbt iterate``: pass ``backend_obj`` to reuse a model already loaded,
+    ``puzzles_file=`` for train puzzles, ``split=``/``data=``/``limit=`` for the evaluation.
+    Other keyword arguments are ``Bench`` fields."""
+    if method not in METHODS:
+        raise SbtError(f"unknown method {method!r}; choose from: {', '.join(METHODS)}")
+    spec_m = METHODS[method]
+    full = {**dict(getattr(spec_m, "defaults", None) or {}), **(params or {})}
+    spec = RunSpec(method, tuple(sorted(full.items())), model if spec_m.needs_model else None)
+    if backend_obj is not None:
+        kwargs["load_backend"] = lambda *_a, **_k: backend_obj
+    return Bench(store, [spec], **kwargs).run()[0]

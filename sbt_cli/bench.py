@@ -1,0 +1,195 @@
+"""``sbt bench``: run a methods x params x models matrix into the results store;
+``sbt bench report``: the leaderboard, scaling curves and exports."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from sbt_core.errors import SbtError
+
+app = typer.Typer(help="Benchmark search methods into a SQLite results store; `sbt bench report` shows it.",
+                  no_args_is_help=False)
+
+def _stdout_console():
+    import os
+
+    from rich.console import Console
+
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120
+    return Console(highlight=False, width=wide)
+
+
+DB_HELP = "results database (default: $SBT_DB, else results.db at the repository root)"
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="bench")
+
+
+def _sigterm_as_interrupt(signum, frame):  # pragma: no cover - exercised by subprocess tests
+    raise KeyboardInterrupt
+
+
+@app.callback(invoke_without_command=True)
+def bench(
+    ctx: typer.Context,
+    split: str = typer.Option("test_new", "--split", help="split of --data to run: test_new | test_seen | val"),
+    puzzles: Optional[Path] = typer.Option(None, "--puzzles", help="a JSONL file of puzzles (numbers, target) instead of a split"),
+    data: Optional[Path] = typer.Option(None, "--data", help="data folder with <split>.jsonl (default: data/countdown<N>, N from the model or --numbers)"),
+    methods: str = typer.Option("greedy,best-of-n,self-backtrack", "--methods", "-m", help="comma list of `sbt solve --method` names"),
+    n: str = typer.Option("8,16,32", "--n", help="comma list: samples per expansion (methods that take n)"),
+    b: str = typer.Option("0,1", "--b", help="comma list: backtracking budgets (self-backtracking only)"),
+    model: Optional[str] = typer.Option(None, "--model", help="comma list of model names or directories (default: the shipped model)"),
+    backend: str = typer.Option("torch", "--backend", help="torch | llama"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first LIMIT puzzles"),
+    seed: int = typer.Option(0, "--seed", help="run seed (puzzle i is searched with a seed derived from it and i)"),
+    db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="sampling temperature (default: each method's own, 0.7)"),
+    param: List[str] = typer.Option([], "--param", "-p", help="KEY=V1,V2: another method parameter to vary, e.g. width=2,4 or nodes=32,64 (repeatable)"),
+    numbers: Optional[int] = typer.Option(None, "--numbers", min=3, max=6, help="input numbers per puzzle (default: from the model name, else 4)"),
+    trace: bool = typer.Option(True, "--trace/--no-trace", help="store each puzzle's event trace"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Run every method x params x model on a split (or a puzzle file) and store the results.
+
+    Re-running the same command continues where it stopped (finished puzzles are not
+    redone). Ctrl-C marks the current run interrupted, keeps its results, exits 130.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console
+
+    from harness.report import build_report, render
+    from harness.runner import Bench, BenchInterrupted, RichProgress, NullObserver, parse_list, parse_param_options, plan_matrix
+    from harness.store import open_store
+
+    method_list = parse_list(methods, str, "--methods")
+    if not method_list:
+        raise SbtError("--methods is empty")
+    specs = plan_matrix(method_list, parse_list(n, int, "--n"), parse_list(b, int, "--b"),
+                        parse_list(model, str, "--model") or [None], temperature, parse_param_options(param))
+    err = Console(stderr=True, highlight=False)
+    progress = RichProgress(err, n_runs=len(specs)) if not quiet else None
+    bench = Bench(None, specs, split=None if puzzles else split, puzzles_file=puzzles, data=data,  # type: ignore[arg-type]
+                  n_numbers=numbers, backend=backend, limit=limit, seed=seed, trace=trace,
+                  observer=progress or NullObserver())
+    bench.preflight()  # puzzle files and models resolve before anything is written or shown
+    store = bench.store = open_store(db)
+    old = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        try:
+            if progress:
+                with progress:
+                    outcomes = bench.run()
+            else:
+                outcomes = bench.run()
+        except BenchInterrupted as exc:
+            err.print(f"interrupted: run #{exc.run_id} stopped at {exc.done}/{exc.total}; results kept in "
+                      f"{store.path or ':memory:'}. Re-run the same command to continue.")
+            raise typer.Exit(130)
+        except sqlite3.DatabaseError as exc:
+            raise SbtError(f"results database {store.path}: {exc}") from None
+        report = build_report(store, run_ids=[o.run_id for o in outcomes])
+        render(report, _stdout_console(), with_paper=False, with_curves=False, with_failures=False)
+        unfinished = [o for o in outcomes if o.status != "done"]
+        if unfinished:
+            err.print(f"{len(unfinished)} run(s) still have puzzles being written by another bench.")
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        store.close()
+
+
+@app.command("report")
+def report_cmd(
+    db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
+    split: Optional[str] = typer.Option(None, "--split", help="only this split (or puzzle file name)"),
+    model: Optional[str] = typer.Option(None, "--model", help="only this model (name or sha256 prefix)"),
+    methods: Optional[str] = typer.Option(None, "--methods", "-m", help="only these methods (comma list)"),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="table | json | csv | markdown (default: table, or from --out's suffix)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the report to this file instead of stdout"),
+    plot: List[Path] = typer.Option([], "--plot", help="save the scaling curves to this .png / .svg (repeatable)"),
+    paper_block: bool = typer.Option(True, "--paper/--no-paper", help="show the paper's reported numbers (labelled block)"),
+    curves: bool = typer.Option(True, "--curves/--no-curves", help="draw the scaling curves in the terminal"),
+    width: Optional[int] = typer.Option(None, "--width", min=40, help="width of terminal plots"),
+) -> None:
+    """Leaderboard (accuracy with 95% Wilson interval, tokens, seconds and backtracks per puzzle),
+    failure categories, test-time scaling curves, and the paper's reference numbers."""
+    from rich.console import Console
+
+    from harness.report import FORMATS, build_report, export, format_from_suffix, render, save_plots
+    from harness.runner import parse_list
+    from harness.store import open_store
+
+    if fmt is None:
+        fmt = (format_from_suffix(out) if out else None) or "table"
+        if out and format_from_suffix(out) is None:
+            raise SbtError(f"--out {out}: cannot tell the format from its suffix; pass --format {'|'.join(FORMATS)}")
+    if fmt not in FORMATS:
+        raise SbtError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    for p in plot:
+        if p.suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise SbtError(f"--plot {p}: use a .png or .svg file name")
+    store = open_store(db, create=False)
+    try:
+        report = build_report(store, split=split, model=model, methods=parse_list(methods, str, "--methods") or None)
+    except sqlite3.DatabaseError as exc:
+        raise SbtError(f"results database {store.path}: {exc}") from None
+    finally:
+        store.close()
+    if fmt == "table":
+        if out:
+            with open(out, "w") as f:
+                render(report, Console(file=f, width=140, color_system=None, highlight=False),
+                       with_paper=paper_block, with_curves=curves, plot_width=width)
+        else:
+            render(report, _stdout_console(), with_paper=paper_block, with_curves=curves, plot_width=width)
+    else:
+        text = export(report, fmt, with_paper=paper_block)
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+        else:
+            sys.stdout.write(text)
+    if plot:
+        written = save_plots(report.curves, plot, with_paper=paper_block)
+        msg = (f"saved scaling curves to {', '.join(map(str, written))}" if written
+               else "no scaling curves to plot (needs runs at two or more values of n or b)")
+        typer.echo(msg, err=True)
+    if out:
+        typer.echo(f"wrote {fmt} report to {out}", err=True)
+
+
+@app.command("runs")
+def runs_cmd(
+    db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """List the runs in the results database: identity, progress and status."""
+    from rich.table import Table
+
+    from harness.report import effective_status
+    from harness.runner import format_label
+    from harness.store import decode, open_store
+
+    store = open_store(db, create=False)
+    try:
+        counts = {r["run_id"]: (r["n"], r["k"]) for r in store.query(
+            "select run_id, count(*) n, coalesce(sum(solved), 0) k from results group by run_id")}
+        t = Table(title=f"Runs — {store.path}", title_justify="left", header_style="bold")
+        for h in ("id", "method", "model", "split", "seed", "done", "solved", "status", "started", "git"):
+            t.add_column(h, justify="right" if h in ("id", "seed", "done", "solved") else "left",
+                         no_wrap=h in ("method", "done", "started"))
+        for r in store.runs():
+            n, k = counts.get(r["id"], (0, 0))
+            params = decode(r)["params"] or {}
+            t.add_row(str(r["id"]), format_label(r["method"], params), r["model"] or "-", r["split"] or Path(r["puzzles"] or "?").name,
+                      str(r["seed"]), f"{n}/{r['n_puzzles'] or '?'}", str(k), effective_status(r),
+                      (r["started"] or "")[:16].replace("T", " "), (r["git_sha"] or "")[:8])
+        _stdout_console().print(t)
+    finally:
+        store.close()

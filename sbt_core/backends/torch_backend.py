@@ -1,0 +1,242 @@
+"""The torch / transformers backend: any Hugging Face causal-LM directory.
+
+Sampling is our own short loop over ``model.forward`` with a ``DynamicCache`` (KV cache):
+distinct prompts are prefilled once (left-padded), the cache is repeated ``n`` times,
+finished rows are dropped from the batch, and every call draws from its own seeded
+``torch.Generator``. Beam search uses ``model.generate``. All log-probs are of the
+untempered distribution. Threads: ``SBT_NUM_THREADS`` or ``OMP_NUM_THREADS``, else one
+for small models; dtype: ``SBT_DTYPE`` (float32 | bfloat16); device: ``SBT_DEVICE``
+(cpu | cuda | auto).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from functools import cached_property
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spinning on busy CPUs
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from ..errors import SbtError  # noqa: E402
+from ..trace import BACKTRACK, GOAL  # noqa: E402
+from .base import Completion  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+SMALL_MODEL_PARAMS = 50_000_000  # below this, one thread decodes fastest (and shares the CPU)
+
+
+def configure_threads(n_params: int = 0) -> None:
+    """Threads from ``SBT_NUM_THREADS`` / ``OMP_NUM_THREADS``; else 1 for small models."""
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    n = os.environ.get("SBT_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    if n and n.isdigit() and int(n) > 0:
+        torch.set_num_threads(int(n))
+    elif n_params and n_params < SMALL_MODEL_PARAMS:
+        torch.set_num_threads(1)
+
+
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(path: Path):
+    """The model's tokenizer; a plain ``tokenizer.json`` one skips AutoTokenizer (2 s of imports)."""
+    import json
+
+    config = path / "tokenizer_config.json"
+    if (path / "tokenizer.json").is_file() and config.is_file():
+        if json.loads(config.read_text()).get("tokenizer_class") in GENERIC_TOKENIZERS:
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _pick_device(device: str | None) -> torch.device:
+    device = device or os.environ.get("SBT_DEVICE") or "cpu"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+class TorchBackend:
+    """A causal LM and its tokenizer, behind the ``Backend`` protocol."""
+
+    backend_name = "torch"
+
+    def __init__(self, path: str | os.PathLike, dtype: str | None = None, device: str | None = None) -> None:
+        configure_threads()
+        self.path = Path(path)
+        name = dtype or os.environ.get("SBT_DTYPE") or "float32"
+        if name not in DTYPES:
+            raise SbtError(f"unknown dtype {name!r}; choose float32 or bfloat16")
+        try:
+            tokenizer = load_tokenizer(self.path)
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=DTYPES[name])
+        except Exception as exc:  # corrupt or incompatible checkpoint: one clear line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise SbtError(f"cannot load model from {self.path}: {type(exc).__name__}: {first[:200]}") from None
+        self._setup(model, tokenizer, self.path.name, _pick_device(device))
+
+    @classmethod
+    def from_model(cls, model, tokenizer, name: str = "in-memory", device: str | None = None) -> "TorchBackend":
+        """Wrap an already loaded model and tokenizer (tests, training loops)."""
+        self = cls.__new__(cls)
+        configure_threads()
+        self.path = None
+        self._setup(model, tokenizer, name, _pick_device(device))
+        self.__dict__["model_sha256"] = ""
+        return self
+
+    def _setup(self, model, tokenizer, name: str, device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        configure_threads(sum(p.numel() for p in model.parameters()))
+        accepted = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in accepted else "past_key_values"
+        self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+        self.tokenizer = tokenizer
+        self.model_name = name
+        self.device = device
+        tok = tokenizer
+        self.eos_id = tok.eos_token_id
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
+        self.bos_ids = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        unk = tok.unk_token_id
+        self.marker_ids = {i for i in (tok.convert_tokens_to_ids(GOAL), tok.convert_tokens_to_ids(BACKTRACK))
+                           if i is not None and i != unk}
+
+    @cached_property
+    def model_sha256(self) -> str:
+        from ..models import model_sha256
+
+        return model_sha256(self.path) if self.path else ""
+
+    @cached_property
+    def newline_ids(self) -> set[int]:
+        """Tokens whose text contains a newline (ends a line for ``stop_at_line``)."""
+        return {i for i in range(len(self.tokenizer)) if "\n" in self.tokenizer.decode([i])}
+
+    # -- helpers ----------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        return self.bos_ids + self.encode(prompt)
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode([i for i in ids if i != self.eos_id], skip_special_tokens=False)
+
+    def _step(self, ids, mask, pos, cache) -> torch.Tensor:
+        """One forward pass through the KV cache; the next-token logits of every row."""
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                         **{self._cache_kw: cache}, **self._keep_last)
+        return out.logits[:, -1, :]
+
+    # -- Backend protocol ----------------------------------------------------------------
+    @torch.inference_mode()
+    def sample(self, prompts: list[str], n: int, temperature: float, max_new_tokens: int,
+               seed: int, top_k: int | None = None, stop_at_line: bool = False) -> list[list[Completion]]:
+        if not prompts or n <= 0:
+            return [[] for _ in prompts]
+        ids, mask = self._left_pad([self._prompt_ids(p) for p in prompts])
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit:  # never run past the model's positions (hard length limit)
+            max_new_tokens = max(0, min(max_new_tokens, limit - ids.shape[1]))
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self._step(ids, mask, pos, cache)
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+            logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+            pos = pos.repeat_interleave(n, 0)
+        next_pos = pos[:, -1:] + 1
+        total = len(prompts) * n
+        alive = torch.arange(total, device=self.device)  # row -> output index
+        gen_ids: list[list[int]] = [[] for _ in range(total)]
+        gen_lps: list[list[float]] = [[] for _ in range(total)]
+        finish = ["length"] * total
+        stops = self.newline_ids if stop_at_line else set()
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        for _ in range(max_new_tokens):
+            logits = logits.float()
+            logp = torch.log_softmax(logits, dim=-1)
+            if temperature <= 0:
+                nxt = logits.argmax(-1)
+            else:
+                scaled = logits / temperature
+                if top_k and top_k < scaled.shape[-1]:
+                    kth = torch.topk(scaled, top_k, dim=-1).values[:, -1:]
+                    scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+                nxt = torch.multinomial(torch.softmax(scaled, -1), 1, generator=gen).squeeze(-1)
+            lps = logp.gather(-1, nxt[:, None]).squeeze(-1)
+            keep = []
+            for row, (out, tok, lp) in enumerate(zip(alive.tolist(), nxt.tolist(), lps.tolist())):
+                gen_ids[out].append(tok)
+                gen_lps[out].append(lp)
+                if tok == self.eos_id:
+                    finish[out] = "eos"
+                elif tok in self.marker_ids or tok in stops:
+                    finish[out] = "stop"
+                else:
+                    keep.append(row)
+            if not keep:
+                break
+            if len(keep) < len(alive):
+                idx = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(idx)
+                alive, nxt, mask, next_pos = alive[idx], nxt[idx], mask[idx], next_pos[idx]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits = self._step(nxt[:, None], mask, next_pos, cache)
+            next_pos = next_pos + 1
+        comps = [Completion(self._decode(i), i, l, f) for i, l, f in zip(gen_ids, gen_lps, finish)]
+        return [comps[k * n:(k + 1) * n] for k in range(len(prompts))]
+
+    @torch.inference_mode()
+    def beam(self, prompt: str, width: int, max_new_tokens: int) -> list[Completion]:
+        ids = torch.tensor([self._prompt_ids(prompt)], device=self.device)
+        out = self.model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=width, num_return_sequences=width,
+            do_sample=False, max_new_tokens=max_new_tokens, early_stopping=True, pad_token_id=self.pad_id,
+            eos_token_id=[self.eos_id, *sorted(self.marker_ids)],
+        )
+        comps = []
+        for row in out[:, ids.shape[1]:].tolist():
+            toks, finish = [], "length"
+            for t in row:
+                if t == self.pad_id and t != self.eos_id:
+                    break
+                toks.append(t)
+                if t == self.eos_id or t in self.marker_ids:
+                    finish = "eos" if t == self.eos_id else "stop"
+                    break
+            comps.append(Completion(self._decode(toks), toks, self._token_logprobs(prompt, toks), finish))
+        return comps
+
+    def score(self, prompt: str, continuation: str) -> list[float]:
+        return self._token_logprobs(prompt, self.encode(continuation))
+
+    @torch.inference_mode()
+    def _token_logprobs(self, prompt: str, cont: list[int]) -> list[float]:
+        if not cont:
+            return []
+        head = self._prompt_ids(prompt)
+        ids = torch.tensor([head + cont], device=self.device)
+        logits = self.model(input_ids=ids).logits[0, len(head) - 1:-1].float()
+        logp = torch.log_softmax(logits, -1)
+        return logp.gather(-1, torch.tensor(cont, device=self.device)[:, None]).squeeze(-1).tolist()

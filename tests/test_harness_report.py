@@ -1,0 +1,180 @@
+"""The leaderboard: Wilson intervals, aggregates, curves, rendering and exports."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+
+import pytest
+from rich.console import Console
+
+from harness import paper
+from harness.report import build_report, export, render, save_plots, scaling_curves, wilson
+from harness.store import open_store
+from sbt_core.search import METHODS
+
+# (method, overrides, split, solved out of 10, tokens, wall_ms, backtracks)
+RUNS = [
+    ("best-of-n", {"n": 8}, "test_new", 4, 100, 200.0, 0),
+    ("best-of-n", {"n": 16}, "test_new", 5, 200, 400.0, 0),
+    ("best-of-n", {"n": 32}, "test_new", 3, 400, 800.0, 0),
+    ("self-backtrack", {"n": 8, "b": 0}, "test_new", 6, 150, 300.0, 1),
+    ("self-backtrack", {"n": 8, "b": 1}, "test_new", 7, 300, 600.0, 2),
+    ("self-backtrack", {"n": 16, "b": 1}, "test_new", 8, 600, 1200.0, 3),
+    ("greedy", {}, "test_new", 2, 20, 50.0, 0),
+    ("exact", {}, "test_new", 10, 0, 1.0, 0),
+    ("greedy", {}, "test_seen", 1, 20, 50.0, 0),
+]
+
+
+def fill(store):
+    for i, (method, over, split, solved, tokens, wall, bt) in enumerate(RUNS):
+        params = {**METHODS[method].defaults, **over}
+        model = None if method == "exact" else "tiny"
+        run, _ = store.get_or_create_run({"method": method, "params": params, "model": model,
+                                          "model_sha256": model and "ab" * 32, "backend": model and "torch",
+                                          "split": split, "puzzles": f"data/countdown4/{split}.jsonl",
+                                          "puzzles_sha256": split, "seed": 0, "n_puzzles": 10})
+        for j in range(10):
+            ok = j < solved
+            fail = None if ok else ("target_not_reached" if j % 2 else "incorrect_result")
+            store.add_result(run["id"], {"puzzle_index": j, "numbers": [1, 2, 3, 4], "target": 10, "solved": ok,
+                                         "failure": fail, "steps": [], "tokens": tokens, "wall_ms": wall,
+                                         "backtracks": bt, "model_calls": 1})
+        store.set_status(run["id"], "done")
+    empty, _ = store.get_or_create_run({"method": "greedy", "params": {}, "puzzles_sha256": "z", "seed": 9})
+    store.record_iteration("exp", 0, model="tiny", fast_acc=0.2, slow_acc=0.7, n_train_paths=0)
+    store.record_iteration("exp", 1, model="tiny-r1", fast_acc=0.45, slow_acc=0.75, n_train_paths=812)
+    return store
+
+
+@pytest.fixture
+def store():
+    return fill(open_store(":memory:"))
+
+
+def test_wilson_known_values():
+    assert wilson(0, 0) == (0.0, 1.0)
+    lo, hi = wilson(5, 10)
+    assert lo == pytest.approx(0.236593, abs=1e-6) and hi == pytest.approx(0.763407, abs=1e-6)
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.277533, abs=1e-6)
+    lo, hi = wilson(10, 10)
+    assert lo == pytest.approx(0.722467, abs=1e-6) and hi == 1.0
+    lo, hi = wilson(730, 1000)
+    z = 1.959963984540054  # the closed form (k + z²/2 ± z·sqrt(k(n-k)/n + z²/4)) / (n + z²)
+    root = z * (730 * 270 / 1000 + z * z / 4) ** 0.5
+    assert lo == pytest.approx((730 + z * z / 2 - root) / (1000 + z * z), abs=1e-12)
+    assert hi == pytest.approx((730 + z * z / 2 + root) / (1000 + z * z), abs=1e-12)
+    assert (round(lo, 4), round(hi, 4)) == (0.7016, 0.7566)
+
+
+def test_leaderboard_aggregates(store):
+    rep = build_report(store)
+    assert len(rep.rows) == len(RUNS)  # the run without results is left out
+    by = {(r.label, r.split): r for r in rep.rows}
+    bon8 = by[("best-of-n n=8", "test_new")]
+    assert (bon8.n, bon8.solved, bon8.accuracy) == (10, 4, 0.4)
+    assert (bon8.ci_low, bon8.ci_high) == wilson(4, 10)
+    assert bon8.tokens_per_puzzle == 100 and bon8.seconds_per_puzzle == pytest.approx(0.2)
+    assert bon8.failures == {"target_not_reached": 3, "incorrect_result": 3}
+    assert bon8.model == "tiny" and bon8.status == "done" and not bon8.oracle
+    assert by[("exact", "test_new")].oracle and by[("exact", "test_new")].failures == {}
+    assert by[("self-backtrack n=16 b=1", "test_new")].backtracks_per_puzzle == 3
+    assert [r.split for r in rep.rows] == sorted(r.split for r in rep.rows)
+    only = build_report(store, split="test_seen", methods=["greedy"])
+    assert [(r.label, r.accuracy) for r in only.rows] == [("greedy", 0.1)]
+    assert build_report(store, model="nope").rows == []
+
+
+def test_scaling_curves(store):
+    curves = {(c.axis, c.name, c.split): c for c in scaling_curves(build_report(store).rows)}
+    assert set(curves) == {("n", "best-of-n", "test_new"), ("n", "self-backtrack b=1", "test_new"),
+                           ("b", "self-backtrack n=8", "test_new")}
+    bon = curves[("n", "best-of-n", "test_new")]
+    assert [(p["x"], p["accuracy"]) for p in bon.points] == [(8, 0.4), (16, 0.5), (32, 0.3)]
+    assert [(p["x"], p["accuracy"]) for p in curves[("b", "self-backtrack n=8", "test_new")].points] == [(0, 0.6), (1, 0.7)]
+
+
+def test_render_rich(store):
+    console = Console(record=True, width=220, force_terminal=False, color_system=None)
+    render(build_report(store), console)
+    text = console.export_text()
+    for needle in ("Leaderboard", "best-of-n n=8", "40.0", "16.8–68.7", "self-backtrack n=16 b=1", "exact †",
+                   "Failure categories", "not reached", "accuracy (%) vs N", "accuracy (%) vs b", "● best-of-n",
+                   "▲ self-backtrack b=1",
+                   "Expert iteration", "tiny-r1", "Paper reference", "NOT our models", "73.54", "arXiv 2502.04404"):
+        assert needle in text, needle
+    # the paper's numbers are a separate block after ours, never inside the leaderboard
+    assert text.index("Paper reference") > text.index("Leaderboard")
+    assert "73.54" not in text[: text.index("Paper reference")]
+
+
+def test_exports_parse_back(store):
+    rep = build_report(store)
+    data = json.loads(export(rep, "json"))
+    assert [r["run_id"] for r in data["leaderboard"]] == [r.run_id for r in rep.rows]
+    first = data["leaderboard"][0]
+    assert first == json.loads(json.dumps(rep.rows[0].to_dict()))
+    assert len(data["paper"]["rows"]) == len(paper.TABLE) and data["paper"]["source"] == paper.SOURCE
+    assert [len(c["points"]) for c in data["curves"]] == [2, 3, 2]
+    assert [i["round"] for i in data["iterations"]] == [0, 1]
+
+    rows = list(csv.DictReader(io.StringIO(export(rep, "csv"))))
+    assert len(rows) == len(rep.rows)
+    for got, row in zip(rows, rep.rows):
+        assert int(got["run_id"]) == row.run_id and float(got["accuracy"]) == pytest.approx(row.accuracy)
+        assert json.loads(got["params"]) == row.params
+        assert int(got["failure_target_not_reached"]) == row.failures.get("target_not_reached", 0)
+
+    md = export(rep, "markdown")
+    lines = md.splitlines()
+    head = lines.index("| method | model | split | puzzles | acc % | 95% CI | tokens/puzzle | s/puzzle | backtracks/puzzle | status |")
+    body = []
+    for line in lines[head + 2:]:
+        if not line.startswith("|"):
+            break
+        body.append([c.strip() for c in line.strip("|").split("|")])
+    assert len(body) == len(rep.rows)
+    assert ["best-of-n n=8", "tiny", "test_new", "10", "40.0"] == body[[r.label for r in rep.rows].index("best-of-n n=8")][:5]
+    assert "### Paper reference (reported, not our models)" in md and "| Best-of-N, N=32 | 25.60 |" in md
+    assert json.loads(export(rep, "json", with_paper=False)).get("paper") is None
+
+
+def test_save_plots(tmp_path, store):
+    curves = build_report(store).curves
+    png, svg = tmp_path / "s.png", tmp_path / "plots" / "s.svg"
+    assert save_plots(curves, [png, svg]) == [png, svg]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert "<svg" in svg.read_text()[:500]
+    assert save_plots([], [tmp_path / "none.png"]) == []
+
+
+def test_cli_report(tmp_path, monkeypatch, capsys):
+    from sbt_cli.app import main
+
+    db = tmp_path / "r.db"
+    fill(open_store(db)).close()
+
+    def sbt(*args):
+        monkeypatch.setattr(sys, "argv", ["sbt", *map(str, args)])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        return exc.value.code, capsys.readouterr()
+
+    code, out = sbt("bench", "report", "--db", db, "--out", tmp_path / "r.csv")
+    assert code == 0 and len(list(csv.DictReader(open(tmp_path / "r.csv")))) == len(RUNS)
+    code, out = sbt("bench", "report", "--db", db, "--format", "json", "--split", "test_seen")
+    assert code == 0 and [r["label"] for r in json.loads(out.out)["leaderboard"]] == ["greedy"]
+    code, out = sbt("bench", "report", "--db", db, "--out", tmp_path / "r.md", "--plot", tmp_path / "c.svg", "--no-paper")
+    assert code == 0 and "Paper reference" not in (tmp_path / "r.md").read_text() and (tmp_path / "c.svg").exists()
+    code, out = sbt("bench", "report", "--db", db, "--no-curves", "--width", "60")
+    assert code == 0 and "best-of-n n=16" in out.out
+    code, out = sbt("bench", "runs", "--db", db)
+    assert code == 0 and "self-backtrack n=16 b=1" in out.out and "10/10" in out.out
+    code, out = sbt("bench", "report", "--db", db, "--format", "xml")
+    assert code == 2 and "unknown --format" in out.err
+    code, out = sbt("bench", "report", "--db", tmp_path / "missing.db")
+    assert code == 2 and "no results database" in out.err
