@@ -70,7 +70,12 @@ def train_cmd(
         raise SbtError(str(exc)) from None
     console = Console(stderr=True)
     if quiet:
-        report = train(cfg, resume=resume, log=lambda m: print(m, flush=True))
+        def log_step(info: dict) -> None:
+            if info["step"] % 50 == 0:
+                print(f"step {info['step']:,}/{info['total']:,} loss {info['loss']:.4f} "
+                      f"{info['tokens_per_s']:,.0f} tok/s epoch {info['epoch']}", flush=True)
+
+        report = train(cfg, resume=resume, log=lambda m: print(m, flush=True), on_step=log_step)
     else:
         with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
                       TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),

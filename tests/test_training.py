@@ -180,3 +180,26 @@ def test_base_model_dir_is_fine_tuned_with_backtrack_token(tmp_path, tiny_data):
     tok = AutoTokenizer.from_pretrained(tmp_path / "model")
     assert len(tok) == len(ftok) + 1
     assert tok.convert_tokens_to_ids("<backtrack>") == len(ftok)
+
+
+def test_verifier_stats_precision_and_recall():
+    from sbt_core.trace import parse_response
+    from training.verifier_stats import VerifierStats, first_wrong_step
+
+    p = Puzzle((2, 3, 5), 30)
+    cases = {
+        "5 * 3 = 15\n15 * 2 = 30\nGoal Reached!": None,  # right
+        "5 + 3 = 8\n<backtrack>": 0,  # dead end, caught
+        "5 * 3 = 16\n<backtrack>": 0,  # wrong result, caught
+        "5 * 3 = 15\n<backtrack>": None,  # needless backtrack
+        "5 + 3 = 8\n8 * 2 = 16\nGoal Reached!": 0,  # missed
+        "garbage\n<backtrack>": 0,
+    }
+    stats = VerifierStats()
+    for text, wrong in cases.items():
+        resp = parse_response(text)
+        assert first_wrong_step(p, resp) == wrong, text
+        stats.add(p, resp)
+    assert stats.ended_backtrack == 4
+    assert stats.precision == 3 / 4
+    assert stats.recall == 3 / 4

@@ -7,6 +7,7 @@ output is a standard Hugging Face model directory plus ``training.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from sbt_core.errors import SbtError
 from sbt_core.generate import read_puzzles
 
 from .batches import EncodedDataset, collate, iterate
-from .data import Recipe, build_examples, encode
+from .data import Recipe, build_examples, encode, path_examples
 from .evaluate import greedy_accuracy
 from .model import new_model, save_model
 
@@ -50,6 +51,9 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 (autocast)
     attn: str = "eager"
     threads: int = 0
+    # a JSONL of {"numbers", "target", "steps": ["a op b = c", ...]}: train D_op on these
+    # given paths (e.g. verified search outputs, `sbt iterate`) instead of solver paths
+    paths_file: str | None = None
 
     def recipe(self) -> Recipe:
         return Recipe(self.data, self.back_ratio, tuple(self.kind_weights))
@@ -97,13 +101,24 @@ def _load_tokenizer_and_model(cfg: TrainConfig, device):
 
 
 def _dataset(cfg: TrainConfig, tok, log) -> EncodedDataset:
-    cache = Path(cfg.out) / "checkpoint" / "dataset.pt"
+    key = json.dumps([cfg.data_dir, cfg.train_puzzles, cfg.recipe().to_json(), cfg.seed, len(tok)], sort_keys=True)
+    if cfg.paths_file:  # the given paths (and their content) instead of train.jsonl
+        key += cfg.paths_file + hashlib.sha256(Path(cfg.paths_file).read_bytes()).hexdigest()
+    cache = Path(cfg.out) / "checkpoint" / f"dataset-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
     if cache.is_file():
         return EncodedDataset.from_state(torch.load(cache))
-    train_file = Path(cfg.data_dir) / "train.jsonl"
-    puzzles = read_puzzles(train_file, cfg.train_puzzles)
-    log(f"building examples from {len(puzzles):,} puzzles ({cfg.data})")
-    pairs = [encode(ex, tok) for ex in build_examples(puzzles, cfg.recipe(), cfg.seed)]
+    if cfg.paths_file:
+        examples, dropped = path_examples(cfg.paths_file, cfg.train_puzzles)
+        log(f"{len(examples):,} D_op examples from the paths in {cfg.paths_file} "
+            f"({dropped:,} dropped: not verified)")
+        if not examples:
+            raise SbtError(f"{cfg.paths_file}: no verified paths to train on ({dropped:,} dropped)")
+        pairs = [encode(ex, tok) for ex in examples]
+    else:
+        train_file = Path(cfg.data_dir) / "train.jsonl"
+        puzzles = read_puzzles(train_file, cfg.train_puzzles)
+        log(f"building examples from {len(puzzles):,} puzzles ({cfg.data})")
+        pairs = [encode(ex, tok) for ex in build_examples(puzzles, cfg.recipe(), cfg.seed)]
     data = EncodedDataset(pairs)
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save(data.state(), cache)
@@ -199,7 +214,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     report = {
         "command": os.environ.get("SBT_TRAIN_COMMAND", ""),
         "config": asdict(cfg),
-        "data": {"train_file": str(Path(cfg.data_dir) / "train.jsonl"), "examples": len(data),
+        "data": {"train_file": cfg.paths_file or str(Path(cfg.data_dir) / "train.jsonl"), "examples": len(data),
                  "example_tokens": data.n_tokens, "recipe": cfg.recipe().to_json()},
         "params": sum(p.numel() for p in model.parameters()),
         "steps": state.step, "tokens": state.tokens, "wall_s": round(time.time() - t_start, 1),
