@@ -1,0 +1,41 @@
+"""``sbt tui [PUZZLE]``: the Textual app that animates a search (see tui/README.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def tui(
+    puzzle: Optional[str] = typer.Argument(None, help='the puzzle, e.g. "25 5 2 7 -> 92" (optional)'),
+    method: str = typer.Option("self-backtrack", "--method", "-m", help="search method (or `demo`: simulated, no model)"),
+    model: Optional[str] = typer.Option(None, "--model", help="model name or directory"),
+    backend: str = typer.Option("torch", "--backend", help="torch|llama|scripted"),
+    n: int = typer.Option(8, "--n", help="samples per expansion"),
+    b: int = typer.Option(1, "--b", help="backtracking budget (rounds of re-expansion)"),
+    temperature: float = typer.Option(0.7, "--temperature", help="sampling temperature"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+    split: str = typer.Option("test_new", "--split", help="split for random puzzles (data/*/SPLIT.jsonl)"),
+    speed: int = typer.Option(16, "--speed", help="playback frames per second (0: instant)"),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="replay a trace: `sbt solve --json --trace` output"),
+    db: Optional[Path] = typer.Option(None, "--db", help="results database for stored traces (default results.db)"),
+) -> None:
+    """Watch a search think: steps, <backtrack>, rollback, candidates and the verdict."""
+    from tui.app import SPEEDS, SbtApp
+    from tui.sources import Settings, load_trace_file
+
+    from sbt_core.errors import SbtError
+
+    if speed not in SPEEDS:
+        raise SbtError(f"--speed must be one of {', '.join(map(str, SPEEDS))}")
+    # a puzzle that cannot be read opens the app with it in the box and the error under it
+    loaded = load_trace_file(trace) if trace is not None else None
+    settings = Settings(method=method, n=n, b=b, temperature=temperature, seed=seed, model=model,
+                        backend=backend, split=split)
+    SbtApp(puzzle, settings, trace=loaded, speed=speed, db=db).run()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tui")(tui)

@@ -1,0 +1,74 @@
+"""Write a model card (README.md) for a trained model directory from its training.json.
+
+    python -m training.model_card models/countdown3-backtrack [--accuracy bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def render(model_dir: Path, accuracy: list[dict] | None = None) -> str:
+    info = json.loads((model_dir / "training.json").read_text())
+    cfg, data = info["config"], info["data"]
+    lines = [
+        f"# {model_dir.name}",
+        "",
+        f"A {info['params'] / 1e6:.1f}M-parameter Llama-architecture causal LM trained from scratch by `sbt train` "
+        f"on Countdown ({'optimal paths only (SFT baseline)' if cfg['data'] == 'op' else 'optimal paths + backtracking examples (self-backtracking)'}).",
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        f"sbt data generate --numbers {_numbers(cfg)} --train <N> --seed 0 --out {cfg['data_dir']}/",
+        info.get("command") or "(command not recorded)",
+        "```",
+        "",
+        "## Training",
+        "",
+        f"- data: `{data['train_file']}`, {data['examples']:,} examples ({data['example_tokens']:,} tokens), "
+        f"recipe {json.dumps(data['recipe'])}",
+        f"- model size `{cfg['size']}`, batch {cfg['batch_size']}, lr {cfg['lr']} (cosine, warm-up {cfg['warmup_steps']}), "
+        f"seed {cfg['seed']}",
+        f"- {info['steps']:,} steps, {info['tokens']:,} training tokens, {info['wall_s'] / 60:.1f} minutes, "
+        f"{info['precision']}",
+        f"- hardware: {info['hardware']}; torch {info['versions']['torch']}, transformers {info['versions']['transformers']}",
+        "",
+        "## Learning curve (greedy accuracy on val, strict verifier)",
+        "",
+        "| step | tokens | minutes | loss | val greedy | ends in <backtrack> |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in info["curve"]:
+        lines.append(f"| {p['step']:,} | {p['tokens']:,} | {p['wall_s'] / 60:.1f} | {p['loss']} | "
+                     f"{100 * p['val_greedy']:.1f}% | {100 * p['val_ended_backtrack']:.1f}% |")
+    if accuracy:
+        lines += ["", "## Accuracy", "", "| split | puzzles | greedy | ends in <backtrack> | backtrack precision | backtrack recall |",
+                  "|---|---|---|---|---|---|"]
+        pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"
+        for r in accuracy:
+            lines.append(f"| {r.get('split', '')} | {r['n']} | {pct(r['greedy'])} | {pct(r['bt_ended_backtrack'])} | "
+                         f"{pct(r['bt_precision'])} | {pct(r['bt_recall'])} |")
+        lines += ["", "Measured with `python benchmarks/bench_accuracy.py --models "
+                  f"{model_dir.name} --split <split file> --limit 1000`."]
+    return "\n".join(lines) + "\n"
+
+
+def _numbers(cfg: dict) -> str:
+    name = Path(cfg["data_dir"]).name
+    return name.removeprefix("countdown") if name.startswith("countdown") else "4"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model_dir", type=Path)
+    ap.add_argument("--accuracy", type=Path, help="JSON rows from bench_accuracy.py --json (with a 'split' key)")
+    args = ap.parse_args()
+    acc = json.loads(args.accuracy.read_text()) if args.accuracy else None
+    (args.model_dir / "README.md").write_text(render(args.model_dir, acc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Where the TUI's events and puzzles come from: a live search, a stored trace, a split.
+
+Everything here is plain Python (no Textual) and raises ``SbtError`` with a message the
+app can show as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from sbt_core.countdown import Puzzle
+from sbt_core.errors import SbtError
+from sbt_core.search.events import Done, Event, event_from_json
+
+from .demo import DEMO, demo_events
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ModelUnavailable(SbtError):
+    """The chosen method needs a model that cannot be opened."""
+
+
+@dataclass
+class Settings:
+    method: str = "self-backtrack"
+    n: int = 8
+    b: int = 1
+    temperature: float = 0.7
+    seed: int = 0
+    model: str | None = None
+    backend: str = "torch"
+    split: str = "test_new"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict:
+        return {"n": self.n, "b": self.b, "temperature": self.temperature, **self.extra}
+
+
+def method_names() -> list[str]:
+    from sbt_core.search import METHODS
+
+    names = list(METHODS)
+    return [*names, DEMO] if DEMO not in names else names
+
+
+def needs_model(method: str) -> bool:
+    from sbt_core.search import METHODS
+
+    spec = METHODS.get(method)
+    return bool(spec and spec.needs_model)
+
+
+def open_backend(settings: Settings, puzzle: Puzzle):
+    """The model backend for a live search; ``ModelUnavailable`` with a clear message otherwise."""
+    if settings.backend == "scripted":
+        from sbt_core.backends.scripted import ScriptedBackend, solver_continuation
+
+        return ScriptedBackend(default=solver_continuation)
+    try:
+        from sbt_core.backends import load_backend
+    except ImportError as exc:
+        raise ModelUnavailable(f"model backends are not available in this build ({exc})") from None
+    try:
+        return load_backend(settings.model, settings.backend, len(puzzle.numbers))
+    except SbtError as exc:
+        raise ModelUnavailable(str(exc)) from None
+    except (ImportError, OSError) as exc:
+        raise ModelUnavailable(f"cannot open the model: {type(exc).__name__}: {exc}") from None
+
+
+def live_events(puzzle: Puzzle, settings: Settings, backend=None) -> Iterator[Event]:
+    """The event stream of one search with these settings (opens the backend if needed)."""
+    if settings.method == DEMO:
+        yield from demo_events(puzzle, n=settings.n, b=settings.b, seed=settings.seed)
+        return
+    from sbt_core.search import METHODS
+
+    spec = METHODS.get(settings.method)
+    if spec is None:
+        raise SbtError(f"unknown method {settings.method!r}; choose one of: {', '.join(method_names())}")
+    if spec.needs_model and backend is None:
+        backend = open_backend(settings, puzzle)
+    yield from spec.run(puzzle, backend, settings.params, settings.seed)
+
+
+# --------------------------------------------------------------------------- stored traces
+
+
+@dataclass
+class Trace:
+    puzzle: Puzzle
+    method: str
+    params: dict
+    events: list[Event]
+    label: str = ""
+
+
+def trace_from_json(obj, label: str = "") -> Trace:
+    """A trace from ``sbt solve --json --trace`` output, or from a bare JSON list of events."""
+    if isinstance(obj, dict):
+        events_json = obj.get("trace")
+        if not isinstance(events_json, list):
+            raise SbtError("this JSON has no 'trace' list (use `sbt solve --json --trace`)")
+    elif isinstance(obj, list):
+        events_json, obj = obj, {}
+    else:
+        raise SbtError("a trace is a JSON list of events or an object with a 'trace' list")
+    try:
+        events = [event_from_json(e) for e in events_json]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SbtError(f"not a valid event trace ({type(exc).__name__}: {exc})") from None
+    done = next((e for e in reversed(events) if isinstance(e, Done)), None)
+    if done is not None:
+        puzzle, method, params = done.result.puzzle, done.result.method, done.result.params
+    elif "numbers" in obj:
+        puzzle, method, params = Puzzle(tuple(obj["numbers"]), obj["target"]), obj.get("method", ""), obj.get("params", {})
+    else:
+        raise SbtError("the trace has no Done event, so its puzzle is unknown")
+    return Trace(puzzle, method, dict(params or {}), events, label)
+
+
+def load_trace_file(path: str | os.PathLike) -> Trace:
+    p = Path(path)
+    if not p.is_file():
+        raise SbtError(f"trace file not found: {p}")
+    try:
+        obj = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise SbtError(f"{p}: not JSON ({exc})") from None
+    return trace_from_json(obj, label=p.name)
+
+
+def default_db() -> Path:
+    env = os.environ.get("SBT_DB")
+    return Path(env) if env else REPO_ROOT / "results.db"
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    if not db.is_file():
+        raise SbtError(f"no results database at {db} (run `sbt bench` first)")
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        conn.row_factory = sqlite3.Row
+        conn.execute("select 1 from results limit 1")
+        return conn
+    except sqlite3.Error as exc:
+        raise SbtError(f"{db}: not a results database ({exc})") from None
+
+
+def stored_results(db: Path | None = None, failed_only: bool = False, limit: int = 2000) -> list[dict]:
+    """Stored per-puzzle results that have a trace, newest run first (no trace bodies)."""
+    db = Path(db or default_db())
+    conn = _connect(db)
+    try:
+        cols = {r["name"] for r in conn.execute("pragma table_info(results)")}
+        if "trace" not in cols:
+            return []
+        run_cols = {r["name"] for r in conn.execute("pragma table_info(runs)")}
+        pick = [c for c in ("method", "params", "model", "split", "seed") if c in run_cols]
+        sel = ", ".join(f"runs.{c} as run_{c}" for c in pick)
+        rid = "results.rowid as rid" if "id" not in cols else "results.id as rid"
+        where = "results.trace is not null" + (" and results.solved = 0" if failed_only else "")
+        sql = (f"select {rid}, results.run_id, results.numbers, results.target, results.solved, "
+               f"{'results.failure' if 'failure' in cols else 'null'} as failure, "
+               f"{'results.backtracks' if 'backtracks' in cols else 'null'} as backtracks"
+               f"{', ' + sel if sel else ''} from results left join runs on runs.id = results.run_id "
+               f"where {where} order by results.run_id desc, rid limit ?")
+        rows = [dict(r) for r in conn.execute(sql, (limit,))]
+    except sqlite3.Error as exc:
+        raise SbtError(f"{db}: cannot read stored results ({exc})") from None
+    finally:
+        conn.close()
+    for r in rows:
+        try:
+            r["puzzle"] = Puzzle(tuple(json.loads(r["numbers"])), r["target"])
+        except (TypeError, ValueError):
+            r["puzzle"] = None
+    return [r for r in rows if r["puzzle"] is not None]
+
+
+def stored_trace(rid: int, db: Path | None = None) -> Trace:
+    db = Path(db or default_db())
+    conn = _connect(db)
+    try:
+        cols = {r["name"] for r in conn.execute("pragma table_info(results)")}
+        key = "id" if "id" in cols else "rowid"
+        row = conn.execute(f"select * from results where {key} = ?", (rid,)).fetchone()
+    except sqlite3.Error as exc:
+        raise SbtError(f"{db}: cannot read result {rid} ({exc})") from None
+    finally:
+        conn.close()
+    if row is None or not row["trace"]:
+        raise SbtError(f"result {rid} has no stored trace")
+    try:
+        events = json.loads(row["trace"])
+    except ValueError:
+        raise SbtError(f"result {rid}: its trace is not JSON") from None
+    t = trace_from_json(events, label=f"results.db #{rid}")
+    return t
+
+
+# --------------------------------------------------------------------------- puzzles from splits
+
+
+def split_files(split: str, root: Path | None = None) -> list[Path]:
+    """``data/<name>/<split>.jsonl`` files under the working folder and the repository."""
+    roots = [root] if root else [Path.cwd() / "data", REPO_ROOT / "data"]
+    seen, out = set(), []
+    for r in roots:
+        if r and r.is_dir():
+            for p in sorted(r.glob(f"*/{split}.jsonl")):
+                if p.resolve() not in seen:
+                    seen.add(p.resolve())
+                    out.append(p)
+    return out
+
+
+def random_puzzle(split: str, rng: random.Random, n_numbers: int | None = None, root: Path | None = None) -> tuple[Puzzle, str]:
+    """A random puzzle from a split file (a random line, without reading a big file whole)."""
+    files = split_files(split, root)
+    if n_numbers is not None:
+        pref = [p for p in files if f"{n_numbers}" in p.parent.name]
+        files = pref or files
+    if not files:
+        raise SbtError(f"no {split}.jsonl found under data/*/ — make one with "
+                       f"`sbt data generate --out data/countdown4`")
+    path = files[0]
+    size = path.stat().st_size
+    for _ in range(20):
+        with open(path, "rb") as f:
+            f.seek(rng.randrange(max(1, size)))
+            f.readline()
+            line = f.readline() or (f.seek(0) or f.readline())
+        try:
+            return Puzzle.from_json(json.loads(line)), f"{path.parent.name}/{path.name}"
+        except (ValueError, SbtError):
+            continue
+    raise SbtError(f"{path}: could not read a puzzle from it")
