@@ -1,6 +1,6 @@
 """The benchmark harness: results store (SQLite), bench runner, leaderboard and plots.
 
-Public API (see ``harness/README.md``):
+Public API (see ``docs/bench.md``):
 
 - ``harness.store.open_store(path=None) -> Store``: open (or create) a results database,
   applying migrations; ``Store.record_iteration(...)`` records one expert-iteration round.

@@ -1,6 +1,6 @@
 """The results store: one SQLite file (sqlite-utils), schema migrations applied on open.
 
-Tables (documented in ``harness/README.md``):
+Tables (documented in ``docs/bench.md``):
 
 - ``runs``: one row per method configuration run. Its identity ``key`` is a hash of
   (method, params, model sha256, backend, puzzles sha256, seed): running the same bench

@@ -1,4 +1,4 @@
-"""``sbt tui [PUZZLE]``: the Textual app that animates a search (see tui/README.md)."""
+"""``sbt tui [PUZZLE]``: the Textual app that animates a search (see docs/tui.md)."""
 
 from __future__ import annotations
 

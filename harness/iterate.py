@@ -1,0 +1,398 @@
+"""Expert iteration (slow thinking -> fast thinking): ``sbt iterate``.
+
+Round 0 evaluates the starting model. Round r = 1..K then:
+
+1. **search** — self-backtracking search (n, b, temperature) with the model of round r-1
+   on a slice of TRAIN puzzles (``<data>/train.jsonl``; a different seeded slice per
+   round; never an evaluation split: the slice is checked against val / test_seen /
+   test_new). Stored as a run on the slice file ``<out>/round<r>/search-train.jsonl``.
+2. **keep** — only the answers that verify (``sbt_core.countdown.verify``) are written to
+   ``<out>/round<r>/paths.jsonl`` (``{"numbers", "target", "steps"}`` per line).
+3. **fine-tune** — ``training.sft.train`` with ``paths_file=`` (plain D_op examples, no
+   ``<backtrack>``), from the starting model (``restart_from="base"``, the paper's
+   choice) or from the model of round r-1 (``"previous"``). The model is saved in
+   ``<out>/round<r>/model``.
+4. **evaluate** — the new model on ``test_new`` (``eval_limit`` puzzles): *fast* = greedy
+   decoding, *slow* = the same self-backtracking search; both stored as runs.
+5. **record** — one row in the ``iterations`` table.
+
+Which model searches in round r+1: the model fine-tuned in round r, and it is also the
+slow model of round r. This follows the paper: the self-backtracking model is fine-tuned
+on its own verified search outputs; it still knows ``<backtrack>`` (it was fine-tuned from
+the backtracking model), so one model is evaluated both ways, fast (greedy) and slow
+(search), and the next round searches with it. With ``restart_from="base"`` each round
+fine-tunes the *starting* model on the paths found by the latest model (paths of that
+round only).
+
+Resuming: a round whose ``iterations`` row is ``done`` is not redone. Inside an unfinished
+round every step resumes too: the search and evaluation runs continue in the store (same
+run identity), training continues from its checkpoint (or is skipped when the round's
+model was already saved). Settings that change what an experiment means (model, data,
+search and training settings) must match the ones it was started with; a different
+setting needs another experiment name.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sbt_core.countdown import Puzzle, verify
+from sbt_core.errors import SbtError
+from sbt_core.generate import EVAL_SPLITS, read_puzzles
+
+from .runner import _SOURCE_CACHE, NullObserver, RunOutcome, evaluate, resolve_data_dir
+from .store import Store, canonical_json
+
+SEARCH_METHOD = "self-backtrack"
+FAST_METHOD = "greedy"
+EVAL_SPLIT = "test_new"
+TRAIN_FILE = "train.jsonl"
+RESTARTS = ("base", "previous")
+# settings that define an experiment: resuming with a different one is refused
+IDENTITY = ("start_model_sha256", "numbers", "data", "train_puzzles", "n", "b", "temperature", "eval_limit",
+            "tokens", "restart_from", "seed", "lr", "batch_size", "warmup_steps")
+
+
+@dataclass
+class IterateConfig:
+    model: str  # the starting (self-backtracking) model: a name in models/ or a directory
+    experiment: str
+    out: Path  # a folder per round: round<r>/{search-train.jsonl, paths.jsonl, model/}
+    numbers: int = 4
+    data: Path | None = None  # default data/countdown<numbers>
+    rounds: int = 3
+    train_puzzles: int = 2000  # train puzzles searched per round
+    n: int = 16
+    b: int = 1
+    temperature: float = 0.7
+    eval_limit: int | None = 1000  # test_new puzzles per evaluation (None: all)
+    tokens: int = 500_000  # fine-tuning budget per round (training tokens)
+    restart_from: str = "base"  # base (paper) | previous (continue from round r-1)
+    seed: int = 0
+    lr: float = 5e-4
+    batch_size: int = 64
+    warmup_steps: int = 20
+    val_puzzles: int = 100  # val greedy check at the end of each fine-tune
+    threads: int = 0  # torch threads for fine-tuning (0: default)
+    trace: bool = False  # store the event traces of the evaluation runs
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.restart_from not in RESTARTS:
+            raise SbtError(f"--restart-from must be one of {', '.join(RESTARTS)}, got {self.restart_from!r}")
+        if self.rounds < 0:
+            raise SbtError("--rounds must be >= 0")
+        if self.train_puzzles < 1 or self.tokens < 1 or self.n < 1 or self.b < 0:
+            raise SbtError("--train-puzzles, --tokens and --n must be positive, --b non-negative")
+
+    @property
+    def search_params(self) -> dict:
+        return {"n": self.n, "b": self.b, "temperature": self.temperature}
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def torch_backend_factory(path: Path, label: str, role: str):
+    """Open a model directory with the torch backend, named ``label`` in the store.
+    ``role`` is ``search`` / ``eval`` (the default factory ignores it; tests use it)."""
+    from sbt_core.backends.torch_backend import TorchBackend
+
+    backend = TorchBackend(path)
+    backend.model_name = label
+    return backend
+
+
+torch_backend_factory.same_for_all_roles = True  # one opened model serves search and evaluation
+
+
+class _Backends:
+    """Keeps the latest opened model: round r's evaluation model searches in round r+1."""
+
+    def __init__(self, factory: Callable[[Path, str, str], Any]) -> None:
+        self.factory = factory
+        self.shared = bool(getattr(factory, "same_for_all_roles", False))
+        self.key: tuple | None = None
+        self.backend = None
+
+    def get(self, path: Path, label: str, role: str):
+        key = (str(Path(path).resolve()), label, None if self.shared else role)
+        if key != self.key:
+            self.backend = None  # free the previous model first
+            self.backend = self.factory(Path(path), label, role)
+            self.key = key
+        return self.backend
+
+
+# --------------------------------------------------------------------------- train puzzles
+
+
+def _puzzle_keys(path: Path) -> set:
+    return {p.key for p in read_puzzles(path)} if path.is_file() else set()
+
+
+def train_slice(data_dir: Path, count: int, seed: int, round_: int) -> list[dict]:
+    """Round ``round_``'s puzzles: ``count`` lines of ``<data_dir>/train.jsonl`` taken from a
+    seeded permutation, consecutive slices for consecutive rounds (they only repeat once
+    the rounds have used the whole file). Refuses any puzzle that is in an evaluation split."""
+    train_file = Path(data_dir) / TRAIN_FILE
+    assert train_file.name == TRAIN_FILE  # search puzzles only ever come from the train split
+    if not train_file.is_file():
+        raise SbtError(f"no train split: {train_file} not found (generate it with "
+                       f"`sbt data generate --out {data_dir}`)")
+    puzzles = read_puzzles(train_file)
+    if not puzzles:
+        raise SbtError(f"{train_file} has no puzzles")
+    order = list(range(len(puzzles)))
+    random.Random(f"sbt-iterate-{seed}").shuffle(order)
+    start = (round_ - 1) * count
+    picked = [order[(start + i) % len(order)] for i in range(min(count, len(order)))]
+    held_out: set = set()
+    for split in EVAL_SPLITS:
+        held_out |= _puzzle_keys(Path(data_dir) / f"{split}.jsonl")
+    leaked = [i for i in picked if puzzles[i].key in held_out]
+    if leaked:
+        raise SbtError(f"{train_file}: {len(leaked)} of the round-{round_} search puzzles are also in an "
+                       f"evaluation split ({', '.join(EVAL_SPLITS)}); refusing to search on them")
+    return [{"id": f"train-{i:06d}", "split": "train", "train_index": i,
+             "numbers": list(puzzles[i].numbers), "target": puzzles[i].target} for i in picked]
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if path.is_file() and path.read_text() == text:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, separators=(", ", ": ")) + "\n" for r in rows)
+
+
+# --------------------------------------------------------------------------- verified paths
+
+
+def verified_paths(store: Store, run_id: int) -> list[dict]:
+    """The answers of a search run that verify, as paths-file rows (unverified ones dropped).
+
+    The ``solved`` flag of a result is the strict verifier's; the steps are verified again
+    here so that nothing unverified can reach training."""
+    out = []
+    for r in store.results(run_id):
+        if not r["solved"]:
+            continue
+        puzzle = Puzzle(tuple(json.loads(r["numbers"])), r["target"])
+        steps = json.loads(r["steps"] or "[]")
+        if steps and verify(puzzle, steps).ok:
+            out.append({"numbers": list(puzzle.numbers), "target": puzzle.target, "steps": steps,
+                        "puzzle_index": r["puzzle_index"]})
+    return out
+
+
+# --------------------------------------------------------------------------- the experiment
+
+
+@dataclass
+class Iteration:
+    """``sbt iterate``: run (or resume) one experiment; see the module doc."""
+
+    cfg: IterateConfig
+    store: Store
+    log: Callable[[str], None] = print
+    backend_factory: Callable[[Path, str, str], Any] = torch_backend_factory
+    observer_factory: Callable[[str], Any] | None = None  # (title) -> context-managed bench observer
+    on_train_step: Callable[[dict], None] | None = None
+    _backends: _Backends = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._backends = _Backends(self.backend_factory)
+
+    # -- settings
+
+    def _start_model(self) -> Path:
+        from sbt_core.models import resolve_model
+
+        return resolve_model(self.cfg.model)
+
+    def settings(self, start: Path) -> dict:
+        from sbt_core.models import model_sha256
+
+        c = self.cfg
+        return {"start_model": str(c.model), "start_model_sha256": model_sha256(start), "numbers": c.numbers,
+                "data": str(self.data_dir), "train_puzzles": c.train_puzzles, "n": c.n, "b": c.b,
+                "temperature": c.temperature, "eval_split": EVAL_SPLIT, "eval_limit": c.eval_limit,
+                "tokens": c.tokens, "restart_from": c.restart_from, "seed": c.seed, "lr": c.lr,
+                "batch_size": c.batch_size, "warmup_steps": c.warmup_steps, "out": str(c.out)}
+
+    def _check_same_experiment(self, settings: dict) -> None:
+        for row in self.store.iterations(self.cfg.experiment):
+            before = json.loads(row["params"] or "{}")
+            diff = [k for k in IDENTITY if k in before and before[k] != settings[k]]
+            if diff:
+                what = ", ".join(f"{k}={before[k]!r} (now {settings[k]!r})" for k in diff)
+                raise SbtError(f"experiment {self.cfg.experiment!r} was started with {what}; pass the same "
+                               f"settings to resume it, or choose another --experiment")
+
+    @property
+    def data_dir(self) -> Path:
+        return resolve_data_dir(self.cfg.data, self.cfg.numbers)
+
+    def label(self, round_: int, path: Path) -> str:
+        return path.name if round_ == 0 else f"{self.cfg.experiment}-round{round_}"
+
+    # -- steps
+
+    def _evaluate(self, method: str, backend, label: str, title: str, **kw) -> RunOutcome:
+        obs = self.observer_factory(title) if self.observer_factory else nullcontext(NullObserver())
+        with obs as observer:
+            out = evaluate(self.store, method, model=label, params=kw.pop("params", None), backend_obj=backend,
+                           n_numbers=self.cfg.numbers, seed=self.cfg.seed, observer=observer, **kw)
+        if out.status != "done":
+            raise SbtError(f"run #{out.run_id} ({method}) is still being written by another process; "
+                           "re-run when it has finished")
+        return out
+
+    def evaluate_model(self, round_: int, path: Path) -> tuple[RunOutcome, RunOutcome]:
+        """Fast (greedy) and slow (self-backtracking) accuracy of a model on test_new."""
+        label = self.label(round_, path)
+        backend = self._backends.get(path, label, "eval")
+        common = dict(split=EVAL_SPLIT, data=self.data_dir, limit=self.cfg.eval_limit, trace=self.cfg.trace)
+        fast = self._evaluate(FAST_METHOD, backend, label, f"round {round_} fast", **common)
+        slow = self._evaluate(SEARCH_METHOD, backend, label, f"round {round_} slow",
+                              params=self.cfg.search_params, **common)
+        return fast, slow
+
+    def search(self, round_: int, model: Path, model_round: int, round_dir: Path) -> tuple[RunOutcome, Path]:
+        """Self-backtracking search on this round's train slice; writes the slice file."""
+        rows = train_slice(self.data_dir, self.cfg.train_puzzles, self.cfg.seed, round_)
+        slice_file = round_dir / "search-train.jsonl"
+        _write_if_changed(slice_file, _jsonl(rows))
+        _SOURCE_CACHE.pop(slice_file.resolve(), None)  # re-read it if this process saw an older version
+        label = self.label(model_round, model)
+        backend = self._backends.get(model, label, "search")
+        out = self._evaluate(SEARCH_METHOD, backend, label, f"round {round_} search (train)",
+                             params=self.cfg.search_params, split=None, puzzles_file=slice_file, trace=False)
+        run = self.store.run(out.run_id)
+        assert run["split"] is None and Path(run["puzzles"]).resolve() == slice_file.resolve(), run
+        return out, slice_file
+
+    def fine_tune(self, round_: int, base: Path, paths_file: Path, model_dir: Path) -> dict:
+        """Fine-tune ``base`` on the verified paths (resumes from a checkpoint; skipped if saved)."""
+        from training.sft import TrainConfig, train
+
+        done = model_dir / "training.json"
+        if done.is_file() and (model_dir / "config.json").is_file():
+            self.log(f"round {round_}: model already trained ({model_dir})")
+            return json.loads(done.read_text())
+        c = self.cfg
+        tc = TrainConfig(out=str(model_dir), data_dir=str(self.data_dir), data="op", base_model=str(base),
+                         paths_file=str(paths_file), max_tokens=int(c.tokens), batch_size=c.batch_size, lr=c.lr,
+                         warmup_steps=c.warmup_steps, seed=c.seed, eval_every=10**9, eval_puzzles=c.val_puzzles,
+                         ckpt_every=200, threads=c.threads)
+        resume = (model_dir / "checkpoint" / "state.pt").is_file()
+        self.log(f"round {round_}: fine-tuning {base} on {paths_file} ({c.tokens:,} tokens"
+                 f"{', resuming' if resume else ''})")
+        return train(tc, resume=resume, log=self.log, on_step=self.on_train_step)
+
+    # -- the loop
+
+    def run(self) -> list[dict]:
+        from sbt_core.models import model_sha256
+
+        c = self.cfg
+        start = self._start_model()
+        settings = self.settings(start)
+        self._check_same_experiment(settings)
+        done = self.store.completed_rounds(c.experiment)
+        rows = {r["round"]: r for r in self.store.iterations(c.experiment)}
+
+        if 0 not in done:
+            self.log(f"round 0: evaluating the starting model {start}")
+            self.store.record_iteration(c.experiment, 0, status="running", model=str(c.model), params=settings)
+            fast, slow = self.evaluate_model(0, start)
+            rows[0] = self.store.record_iteration(
+                c.experiment, 0, status="done", model=str(c.model), model_sha256=settings["start_model_sha256"],
+                fast_acc=fast.accuracy, slow_acc=slow.accuracy, eval_split=EVAL_SPLIT,
+                fast_run_id=fast.run_id, slow_run_id=slow.run_id, params=settings)
+        else:
+            self.log(f"round 0: done (fast {rows[0]['fast_acc']:.1%}, slow {rows[0]['slow_acc']:.1%})")
+
+        previous, previous_round = start, 0
+        for r in range(1, c.rounds + 1):
+            round_dir = c.out / f"round{r}"
+            model_dir = round_dir / "model"
+            if r in done:
+                row = rows[r]
+                self.log(f"round {r}: done (fast {row['fast_acc']:.1%}, slow {row['slow_acc']:.1%}); skipped")
+                previous, previous_round = Path(row["model"]), r
+                continue
+            round_dir.mkdir(parents=True, exist_ok=True)
+            base = start if c.restart_from == "base" else previous
+            params = {**settings, "search_model": str(previous), "search_model_round": previous_round}
+            self.store.record_iteration(c.experiment, r, status="running", model=str(model_dir),
+                                        base_model=str(base), params=params)
+            try:
+                self.log(f"round {r}: searching {c.train_puzzles:,} train puzzles with {previous}")
+                search, _slice = self.search(r, previous, previous_round, round_dir)
+                paths = verified_paths(self.store, search.run_id)
+                paths_file = round_dir / "paths.jsonl"
+                _write_if_changed(paths_file, _jsonl(paths))
+                self.log(f"round {r}: {len(paths):,} of {search.n:,} search answers verified -> {paths_file}")
+                if not paths:
+                    raise SbtError(f"round {r}: no verified search answer among {search.n:,} train puzzles; "
+                                   "nothing to fine-tune on (raise --n / --b / --train-puzzles)")
+                self.fine_tune(r, base, paths_file, model_dir)
+                fast, slow = self.evaluate_model(r, model_dir)
+            except BaseException as exc:
+                if not isinstance(exc, KeyboardInterrupt):
+                    self.store.record_iteration(c.experiment, r, status="failed", params=params)
+                raise
+            rows[r] = self.store.record_iteration(
+                c.experiment, r, status="done", model=str(model_dir), model_sha256=model_sha256(model_dir),
+                base_model=str(base), fast_acc=fast.accuracy, slow_acc=slow.accuracy, eval_split=EVAL_SPLIT,
+                n_search_puzzles=search.n, n_train_paths=len(paths), search_run_id=search.run_id,
+                fast_run_id=fast.run_id, slow_run_id=slow.run_id, params=params)
+            self.log(f"round {r}: fast {fast.accuracy:.1%}, slow {slow.accuracy:.1%}")
+            previous, previous_round = model_dir, r
+        return self.store.iterations(c.experiment)
+
+
+def run_iteration(cfg: IterateConfig, store: Store, **kwargs) -> list[dict]:
+    """Run or resume an experiment; returns its ``iterations`` rows (see ``Iteration``)."""
+    return Iteration(cfg, store, **kwargs).run()
+
+
+# --------------------------------------------------------------------------- display
+
+
+def iterations_table(rows: list[dict], title: str | None = None):
+    """A rich table of fast / slow accuracy per round."""
+    from rich.table import Table
+
+    t = Table(title=title or "Expert iteration: fast = greedy, slow = self-backtracking search",
+              title_justify="left", header_style="bold")
+    for h, right in (("round", True), ("model", False), ("train puzzles", True), ("verified paths", True),
+                     ("fast acc %", True), ("slow acc %", True), ("fast vs round 0", True), ("status", False)):
+        t.add_column(h, justify="right" if right else "left")
+    base = next((r.get("fast_acc") for r in rows if r["round"] == 0), None)
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}"
+
+    for r in rows:
+        fast = r.get("fast_acc")
+        delta = "-" if fast is None or base is None or r["round"] == 0 else f"{100 * (fast - base):+.1f}"
+        t.add_row(str(r["round"]), r.get("model") or "-", str(r.get("n_search_puzzles") or "-"),
+                  str(r["n_train_paths"]) if r.get("n_train_paths") is not None else "-",
+                  pct(fast), pct(r.get("slow_acc")), delta, r.get("status") or "-")
+    return t
+
+
+__all__ = ["IterateConfig", "Iteration", "run_iteration", "train_slice", "verified_paths", "iterations_table",
+           "torch_backend_factory"]
