@@ -45,7 +45,7 @@ from sbt_core.countdown import Puzzle, verify
 from sbt_core.errors import SbtError
 from sbt_core.generate import EVAL_SPLITS, read_puzzles
 
-from .runner import _SOURCE_CACHE, NullObserver, RunOutcome, evaluate, resolve_data_dir
+from .runner import _SOURCE_CACHE, BenchInterrupted, NullObserver, RunOutcome, evaluate, resolve_data_dir
 from .store import Store, canonical_json
 
 SEARCH_METHOD = "self-backtrack"
@@ -205,27 +205,36 @@ class Iteration:
     cfg: IterateConfig
     store: Store
     log: Callable[[str], None] = print
-    backend_factory: Callable[[Path, str, str], Any] = torch_backend_factory
+    backend_factory: Callable[[Path, str, str], Any] | None = None  # (path, label, role); None: torch
     observer_factory: Callable[[str], Any] | None = None  # (title) -> context-managed bench observer
     on_train_step: Callable[[dict], None] | None = None
     _backends: _Backends = field(init=False)
 
     def __post_init__(self) -> None:
-        self._backends = _Backends(self.backend_factory)
+        self._backends = _Backends(self.backend_factory or torch_backend_factory)
 
     # -- settings
 
-    def _start_model(self) -> Path:
+    def preflight(self) -> Path:
+        """Errors before anything runs (no store needed): the starting model's directory and
+        the data files must exist. Returns the model directory."""
         from sbt_core.models import resolve_model
 
-        return resolve_model(self.cfg.model)
+        start = resolve_model(self.cfg.model)
+        for name in (f"{EVAL_SPLIT}.jsonl", TRAIN_FILE):
+            if name == TRAIN_FILE and not self.cfg.rounds:
+                continue
+            if not (self.data_dir / name).is_file():
+                raise SbtError(f"{self.data_dir / name} not found (generate the data with `sbt data generate "
+                               f"--numbers {self.cfg.numbers} --out {self.data_dir}`, or pass --data)")
+        return start
 
     def settings(self, start: Path) -> dict:
         from sbt_core.models import model_sha256
 
         c = self.cfg
         return {"start_model": str(c.model), "start_model_sha256": model_sha256(start), "numbers": c.numbers,
-                "data": str(self.data_dir), "train_puzzles": c.train_puzzles, "n": c.n, "b": c.b,
+                "data": str(self.data_dir.resolve()), "train_puzzles": c.train_puzzles, "n": c.n, "b": c.b,
                 "temperature": c.temperature, "eval_split": EVAL_SPLIT, "eval_limit": c.eval_limit,
                 "tokens": c.tokens, "restart_from": c.restart_from, "seed": c.seed, "lr": c.lr,
                 "batch_size": c.batch_size, "warmup_steps": c.warmup_steps, "out": str(c.out)}
@@ -306,7 +315,7 @@ class Iteration:
         from sbt_core.models import model_sha256
 
         c = self.cfg
-        start = self._start_model()
+        start = self.preflight()
         settings = self.settings(start)
         self._check_same_experiment(settings)
         done = self.store.completed_rounds(c.experiment)
@@ -350,7 +359,7 @@ class Iteration:
                 self.fine_tune(r, base, paths_file, model_dir)
                 fast, slow = self.evaluate_model(r, model_dir)
             except BaseException as exc:
-                if not isinstance(exc, KeyboardInterrupt):
+                if not isinstance(exc, (KeyboardInterrupt, BenchInterrupted)):  # interrupted: stays "running"
                     self.store.record_iteration(c.experiment, r, status="failed", params=params)
                 raise
             rows[r] = self.store.record_iteration(
@@ -376,10 +385,13 @@ def iterations_table(rows: list[dict], title: str | None = None):
     from rich.table import Table
 
     t = Table(title=title or "Expert iteration: fast = greedy, slow = self-backtracking search",
-              title_justify="left", header_style="bold")
-    for h, right in (("round", True), ("model", False), ("train puzzles", True), ("verified paths", True),
-                     ("fast acc %", True), ("slow acc %", True), ("fast vs round 0", True), ("status", False)):
-        t.add_column(h, justify="right" if right else "left")
+              title_justify="left", header_style="bold",
+              caption="searched: train puzzles searched; verified: answers kept for fine-tuning; "
+                      "Δ fast: greedy accuracy vs round 0 (points)", caption_justify="left")
+    for h, right in (("round", True), ("searched", True), ("verified", True), ("fast %", True), ("slow %", True),
+                     ("Δ fast", True), ("fast/slow", True), ("status", False), ("model", False)):
+        t.add_column(h, justify="right" if right else "left", overflow="fold" if h == "model" else "ellipsis",
+                     no_wrap=h != "model")
     base = next((r.get("fast_acc") for r in rows if r["round"] == 0), None)
 
     def pct(x):
@@ -387,10 +399,12 @@ def iterations_table(rows: list[dict], title: str | None = None):
 
     for r in rows:
         fast = r.get("fast_acc")
+        slow = r.get("slow_acc")
         delta = "-" if fast is None or base is None or r["round"] == 0 else f"{100 * (fast - base):+.1f}"
-        t.add_row(str(r["round"]), r.get("model") or "-", str(r.get("n_search_puzzles") or "-"),
+        ratio = f"{fast / slow:.2f}" if fast is not None and slow else "-"
+        t.add_row(str(r["round"]), str(r.get("n_search_puzzles") or "-"),
                   str(r["n_train_paths"]) if r.get("n_train_paths") is not None else "-",
-                  pct(fast), pct(r.get("slow_acc")), delta, r.get("status") or "-")
+                  pct(fast), pct(slow), delta, ratio, r.get("status") or "-", r.get("model") or "-")
     return t
 
 

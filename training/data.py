@@ -9,11 +9,13 @@ recognise errors without ever learning to make them.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator
 
-from sbt_core.countdown import Puzzle, Step, apply_op, apply_step, legal_steps
+from sbt_core.countdown import Puzzle, Step, apply_op, apply_step, legal_steps, parse_step, verify
+from sbt_core.errors import SbtError
 from sbt_core.solver import is_solvable, random_solution
 from sbt_core.trace import BACKTRACK, prompt, render_backtrack, render_solution, render_steps
 
@@ -148,6 +150,38 @@ def build_examples(puzzles: Iterable[Puzzle], recipe: Recipe, seed: int) -> Iter
     rng = random.Random(f"data-{seed}")
     for puzzle in puzzles:
         yield from examples_for(puzzle, recipe, rng)
+
+
+def path_examples(path, limit: int | None = None) -> tuple[list[Example], int]:
+    """D_op examples from GIVEN solution paths instead of solver paths (``sbt iterate``
+    trains on verified search outputs): a JSONL file of ``{"numbers": [...], "target": T,
+    "steps": ["a op b = c", ...]}``. A line that is not such an object, or whose steps do not
+    verify (``sbt_core.countdown.verify``), is dropped. Returns (examples, dropped count);
+    ``limit`` keeps the first ``limit`` examples."""
+    out: list[Example] = []
+    dropped = 0
+    try:
+        f = open(path, encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise SbtError(f"cannot read paths file {path}: {exc.strerror or exc}") from None
+    with f:
+        for line in f:
+            if not line.strip():
+                continue
+            if limit is not None and len(out) >= limit:
+                break
+            try:
+                obj = json.loads(line)
+                puzzle = Puzzle.from_json(obj)
+                raw = obj.get("steps")
+                steps = [parse_step(x) for x in raw] if isinstance(raw, list) else None
+            except (ValueError, RecursionError, SbtError):
+                steps = None
+            if not steps or any(s is None for s in steps) or not verify(puzzle, steps).ok:
+                dropped += 1
+                continue
+            out.append(op_example(puzzle, steps))
+    return out, dropped
 
 
 def encode(example: Example, tokenizer, max_len: int = 256) -> tuple[list[int], list[int]]:

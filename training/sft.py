@@ -103,10 +103,16 @@ def _load_tokenizer_and_model(cfg: TrainConfig, device):
 def _dataset(cfg: TrainConfig, tok, log) -> EncodedDataset:
     key = json.dumps([cfg.data_dir, cfg.train_puzzles, cfg.recipe().to_json(), cfg.seed, len(tok)], sort_keys=True)
     if cfg.paths_file:  # the given paths (and their content) instead of train.jsonl
+        if not Path(cfg.paths_file).is_file():
+            raise SbtError(f"paths file not found: {cfg.paths_file}")
         key += cfg.paths_file + hashlib.sha256(Path(cfg.paths_file).read_bytes()).hexdigest()
     cache = Path(cfg.out) / "checkpoint" / f"dataset-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
     if cache.is_file():
-        return EncodedDataset.from_state(torch.load(cache))
+        state = torch.load(cache)
+        data = EncodedDataset.from_state(state)
+        data.paths_info = state.get("paths_info")
+        return data
+    paths_info = None
     if cfg.paths_file:
         examples, dropped = path_examples(cfg.paths_file, cfg.train_puzzles)
         log(f"{len(examples):,} D_op examples from the paths in {cfg.paths_file} "
@@ -114,14 +120,16 @@ def _dataset(cfg: TrainConfig, tok, log) -> EncodedDataset:
         if not examples:
             raise SbtError(f"{cfg.paths_file}: no verified paths to train on ({dropped:,} dropped)")
         pairs = [encode(ex, tok) for ex in examples]
+        paths_info = {"file": cfg.paths_file, "kept": len(examples), "dropped": dropped}
     else:
         train_file = Path(cfg.data_dir) / "train.jsonl"
         puzzles = read_puzzles(train_file, cfg.train_puzzles)
         log(f"building examples from {len(puzzles):,} puzzles ({cfg.data})")
         pairs = [encode(ex, tok) for ex in build_examples(puzzles, cfg.recipe(), cfg.seed)]
     data = EncodedDataset(pairs)
+    data.paths_info = paths_info
     cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(data.state(), cache)
+    torch.save({**data.state(), "paths_info": paths_info}, cache)
     return data
 
 
@@ -215,7 +223,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         "command": os.environ.get("SBT_TRAIN_COMMAND", ""),
         "config": asdict(cfg),
         "data": {"train_file": cfg.paths_file or str(Path(cfg.data_dir) / "train.jsonl"), "examples": len(data),
-                 "example_tokens": data.n_tokens, "recipe": cfg.recipe().to_json()},
+                 "example_tokens": data.n_tokens, "recipe": cfg.recipe().to_json(),
+                 "given_paths": data.paths_info},
         "params": sum(p.numel() for p in model.parameters()),
         "steps": state.step, "tokens": state.tokens, "wall_s": round(time.time() - t_start, 1),
         "hardware": _hardware(device), "precision": "bf16-autocast" if use_bf16 else "fp32",
