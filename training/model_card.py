@@ -22,7 +22,7 @@ def render(model_dir: Path, accuracy: list[dict] | None = None) -> str:
         "## Reproduce",
         "",
         "```bash",
-        f"sbt data generate --numbers {_numbers(cfg)} --train <N> --seed 0 --out {cfg['data_dir']}/",
+        f"sbt data generate --numbers {_numbers(cfg)} --train {_train_size(cfg)} --seed 0 --out {cfg['data_dir']}/",
         info.get("command") or "(command not recorded)",
         "```",
         "",
@@ -54,6 +54,14 @@ def render(model_dir: Path, accuracy: list[dict] | None = None) -> str:
         lines += ["", "Measured with `python benchmarks/bench_accuracy.py --models "
                   f"{model_dir.name} --split <split file> --limit 1000`."]
     return "\n".join(lines) + "\n"
+
+
+def _train_size(cfg: dict) -> str:
+    meta = Path(cfg["data_dir"]) / "meta.json"
+    try:
+        return str(json.loads(meta.read_text())["written"]["train"])
+    except (OSError, KeyError, ValueError):
+        return "<N>"
 
 
 def _numbers(cfg: dict) -> str:
