@@ -28,11 +28,11 @@ def load_backend(model: str | None = None, backend: str = "torch", n_numbers: in
         raise SbtError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if backend == "llama" and not llama_available():
         raise SbtError("the llama backend is not available yet in this build; use --backend torch")
-    path = resolve_model(model or default_model(n_numbers))
-    if backend == "llama":
-        from .llama_backend import LlamaBackend  # type: ignore[import-not-found]
+    if backend == "llama":  # a GGUF: a .gguf file or a directory holding one (weights optional)
+        from .llama_backend import LlamaBackend, resolve_gguf_model  # type: ignore[import-not-found]
 
-        return LlamaBackend(path)
+        return LlamaBackend(resolve_gguf_model(model or default_model(n_numbers)))
+    path = resolve_model(model or default_model(n_numbers))
     from .torch_backend import TorchBackend
 
     return TorchBackend(path)

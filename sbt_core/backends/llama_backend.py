@@ -1,0 +1,614 @@
+"""The llama.cpp backend: a GGUF (``sbt export gguf``) run through llama-cpp-python's low-level API.
+
+llama.cpp never tokenizes: our tokenizer (``tokenizer.json`` beside the GGUF, or the copy
+embedded in it) turns text into ids and back, and llama.cpp gets ids and returns raw
+logits. Sampling, top-k, temperature and the log-softmax are numpy, on the raw logits, with
+the torch backend's rules: log-probs of the untempered distribution; stop at the end
+token, right after a ``Goal Reached!`` / ``<backtrack>`` token, after a line with
+``stop_at_line``, or after ``max_new_tokens`` (never past the model's context length); one
+seeded ``numpy.random.Generator`` per call, so the same arguments give the same samples.
+
+KV cache (one unified cache, several sequences):
+
+- *prompt slots* (sequences ``0 .. P-1``) keep the KV of recent prompts between calls. A
+  new prompt goes into the slot sharing its longest token prefix: the slot is truncated to
+  that prefix (``llama_memory_seq_rm``; this is the cheap roll-back of a self-backtracking
+  state to its parent) or, when that slot is busy, the prefix is shared into another slot
+  (``llama_memory_seq_cp``, no copy in a unified cache), and only the rest is decoded.
+- *sample sequences* (``P .. P+S-1``) share their prompt's cells and decode one token per
+  step together in one batch. Samples whose tokens are identical so far share one
+  sequence (a tree: a sequence splits, sharing its cells, when its samples draw
+  different tokens), so a peaked model decodes far fewer than N tokens per step; every
+  sample still draws its own tokens. Finished sequences are removed at once. Requests with
+  more than ``S`` samples, or more than ``P`` distinct prompts, run in groups.
+
+Threads: ``SBT_NUM_THREADS`` / ``OMP_NUM_THREADS``, else 1 for small models. Tuning:
+``SBT_LLAMA_SEQS`` (S, default 32), ``SBT_LLAMA_SLOTS`` (P, default 16),
+``SBT_LLAMA_VERBOSE=1`` shows llama.cpp's log, ``SBT_LLAMA_FLASH_ATTN=0|1`` (default: on,
+off for an f32 GGUF, which stays the exact reference), ``SBT_LLAMA_KV_UNIFIED=0`` (one KV
+stream per sequence; slower here). No torch import on this path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+from collections import deque
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SbtError
+from ..trace import BACKTRACK, GOAL
+from .base import Completion
+
+QUANT_PREFERENCE = ("q8_0", "f16", "f32", "q4_k_m", "q4_0")
+SMALL_MODEL_PARAMS = 50_000_000
+INSTALL_HINT = ("pip install 'sbt[llama]' (build it with CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" "
+                "pip install --no-cache-dir llama-cpp-python; see docs/llama.md)")
+
+_llama = None
+_log_lines: deque[str] = deque(maxlen=20)
+_log_cb = None
+
+
+def import_llama_cpp(needed_for: str = "the llama backend"):
+    """The ``llama_cpp`` module, initialised once, with llama.cpp's log captured (not printed)."""
+    global _llama, _log_cb
+    if _llama is not None:
+        return _llama
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise SbtError(f"{needed_for} needs llama-cpp-python, which is not installed ({exc}); {INSTALL_HINT}") from None
+    except OSError as exc:  # the shared library did not load
+        raise SbtError(f"{needed_for}: llama-cpp-python is installed but its library does not load ({exc})") from None
+    verbose = bool(os.environ.get("SBT_LLAMA_VERBOSE"))
+
+    @llama_cpp.llama_log_callback
+    def _log(level, text, user_data):  # keep the last lines for error messages
+        line = text.decode("utf-8", "replace") if text else ""
+        if line.strip():
+            _log_lines.append(line.strip())
+        if verbose:
+            import sys
+
+            print(line, end="", file=sys.stderr, flush=True)
+
+    missing = [f for f in ("llama_get_memory", "llama_memory_seq_rm", "llama_memory_seq_cp", "llama_model_get_vocab")
+               if not hasattr(llama_cpp, f)]
+    if missing:
+        raise SbtError(f"{needed_for} needs llama-cpp-python >= 0.3.36 (this one, {getattr(llama_cpp, '__version__', '?')}, "
+                       f"lacks {missing[0]}); {INSTALL_HINT}")
+    _log_cb = _log  # a reference, or ctypes frees the callback
+    llama_cpp.llama_log_set(_log_cb, ctypes.c_void_p(0))
+    llama_cpp.llama_backend_init()
+    _llama = llama_cpp
+    return llama_cpp
+
+
+def _last_error() -> str:
+    for line in reversed(_log_lines):
+        if "error" in line.lower() or "failed" in line.lower():
+            return line[:200]
+    return _log_lines[-1][:200] if _log_lines else "no details"
+
+
+# -- finding the GGUF and its tokenizer ----------------------------------------------------
+def _quant_of(path: Path) -> str:
+    stem = path.stem.lower()
+    return next((q for q in QUANT_PREFERENCE if stem.endswith(q)), stem)
+
+
+def find_gguf(path: str | os.PathLike, quant: str | None = None) -> Path:
+    """The GGUF to load for ``path``: a ``.gguf`` file, or one in a model directory
+    (``quant`` or ``SBT_LLAMA_QUANT`` picks one; default q8_0, then f16, f32, q4_k_m, q4_0)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise SbtError(f"model {str(path)!r} not found")
+    files = sorted(p.glob("*.gguf"))
+    if not files:
+        raise SbtError(f"the llama backend needs a GGUF and {p} has none; "
+                       f"make one with `sbt export gguf {p} --quant q8_0`")
+    want = quant or os.environ.get("SBT_LLAMA_QUANT")
+    if want:
+        hit = [f for f in files if _quant_of(f) == want.lower()]
+        if not hit:
+            raise SbtError(f"no {want} GGUF in {p} (have: {', '.join(f.name for f in files)}); "
+                           f"make one with `sbt export gguf {p} --quant {want}`")
+        return hit[0]
+    for q in QUANT_PREFERENCE:
+        hit = [f for f in files if _quant_of(f) == q]
+        if hit:
+            return hit[0]
+    return files[0]
+
+
+def resolve_gguf_model(name_or_path: str | os.PathLike) -> Path:
+    """A model name (in models/), a directory or a .gguf file -> the path to give LlamaBackend."""
+    from ..models import models_dir
+
+    text = str(name_or_path)
+    for cand in ([models_dir() / text] if os.sep not in text and "/" not in text else []) + [Path(text).expanduser()]:
+        if cand.exists():
+            return cand.resolve()
+    raise SbtError(f"model {text!r} not found (looked in {models_dir()}); pass --model DIR or a .gguf file")
+
+
+def _special_ids(tok, folder: Path, meta: dict) -> dict[str, int | None]:
+    """bos / eos / pad ids: from tokenizer_config.json beside the GGUF, else its metadata."""
+    names: dict[str, str | None] = {}
+    for fname in ("tokenizer_config.json", "special_tokens_map.json"):
+        f = folder / fname
+        if f.is_file():
+            try:
+                cfg = json.loads(f.read_text())
+            except ValueError:
+                continue
+            for key in ("bos", "eos", "pad", "unk"):
+                v = cfg.get(f"{key}_token")
+                if isinstance(v, dict):
+                    v = v.get("content")
+                names.setdefault(key, v)
+    out: dict[str, int | None] = {}
+    for key in ("bos", "eos", "pad", "unk"):
+        if names.get(key):
+            out[key] = tok.token_to_id(names[key])
+        elif key in meta:
+            out[key] = meta[key]
+        else:
+            out[key] = None
+    return out
+
+
+class LlamaBackend:
+    """A GGUF model behind the ``Backend`` protocol (see the module docstring)."""
+
+    backend_name = "llama"
+
+    def __init__(self, path: str | os.PathLike, quant: str | None = None, threads: int | None = None,
+                 seqs: int | None = None, slots: int | None = None) -> None:
+        ll = import_llama_cpp()
+        self._ll = ll
+        self.gguf_path = find_gguf(path, quant).resolve()
+        self.quant = _quant_of(self.gguf_path)
+        folder = self.gguf_path.parent
+        given = Path(path).expanduser()
+        self.model_name = given.name if given.is_dir() else folder.name
+        self._check_magic()
+        self._model = self._ctx = self._batch = None
+        mparams = ll.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        _log_lines.clear()
+        model = ll.llama_model_load_from_file(str(self.gguf_path).encode(), mparams)
+        if not model:
+            raise SbtError(f"cannot load GGUF {self.gguf_path}: llama.cpp: {_last_error()}")
+        self._model = model
+        self.quant = self._meta("sbt.quant") or self.quant  # what the export wrote, if it was ours
+        self.vocab_size = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
+        self.n_ctx_train = ll.llama_model_n_ctx_train(model)
+        self._load_tokenizer(folder)
+        # context: prompt slots + sample sequences, each bounded by the model's context length
+        try:
+            self.S = max(1, int(seqs or os.environ.get("SBT_LLAMA_SEQS") or 32))
+            self.P = max(1, int(slots or os.environ.get("SBT_LLAMA_SLOTS") or 16))
+        except ValueError:
+            raise SbtError("SBT_LLAMA_SEQS and SBT_LLAMA_SLOTS must be whole numbers") from None
+        if self.S + self.P > 256:
+            raise SbtError("SBT_LLAMA_SEQS + SBT_LLAMA_SLOTS must be at most 256")
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = (self.S + self.P) * self.n_ctx_train
+        cparams.n_batch = cparams.n_ubatch = max(512, self.S)
+        cparams.n_seq_max = self.S + self.P
+        fields = {f[0] for f in type(cparams)._fields_}
+        # one KV cache for all sequences: prompt cells are shared, not copied (faster here
+        # than one stream per sequence; SBT_LLAMA_KV_UNIFIED=0 switches to streams)
+        self.unified = os.environ.get("SBT_LLAMA_KV_UNIFIED", "1") != "0"
+        if "kv_unified" in fields:
+            cparams.kv_unified = self.unified
+        if "flash_attn_type" in fields:
+            # flash attention skips the masked cells of the other sequences (~1.35x faster at
+            # N=32) but rounds through f16: off for an f32 GGUF, the exact reference
+            default = "0" if self.quant == "f32" else "1"
+            cparams.flash_attn_type = int(os.environ.get("SBT_LLAMA_FLASH_ATTN", default) != "0")
+        cparams.no_perf = True
+        if self.quant == "f32":  # f32 KV cache for an f32 model: parity with torch
+            cparams.type_k = cparams.type_v = 0
+        n_threads = self._threads(threads)
+        cparams.n_threads = cparams.n_threads_batch = n_threads
+        ctx = ll.llama_init_from_model(model, cparams)
+        if not ctx:
+            raise SbtError(f"cannot create a llama.cpp context for {self.gguf_path.name}: {_last_error()}")
+        self._ctx = ctx
+        self._mem = ll.llama_get_memory(ctx)
+        self._n_batch = cparams.n_batch
+        self._batch = ll.llama_batch_init(self._n_batch, 0, 1)
+        self._b_token = np.ctypeslib.as_array(self._batch.token, shape=(self._n_batch,))
+        self._b_pos = np.ctypeslib.as_array(self._batch.pos, shape=(self._n_batch,))
+        self._b_nseq = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(self._n_batch,))
+        self._b_logits = np.ctypeslib.as_array(self._batch.logits, shape=(self._n_batch,))
+        self._b_seq = [self._batch.seq_id[i] for i in range(self._n_batch)]
+        self._slots: list[list[int] | None] = [None] * self.P  # tokens held by each prompt slot
+        self._slot_age = [0] * self.P
+        self._clock = 0
+        self.n_decoded = 0  # tokens run through the model (a measure of the cache's worth)
+
+    # -- setup ----------------------------------------------------------------------------
+    def _check_magic(self) -> None:
+        try:
+            with open(self.gguf_path, "rb") as fh:
+                magic = fh.read(4)
+        except OSError as exc:
+            raise SbtError(f"cannot read {self.gguf_path}: {exc}") from None
+        if magic != b"GGUF":
+            raise SbtError(f"{self.gguf_path} is not a GGUF file")
+
+    def _threads(self, threads: int | None) -> int:
+        n = threads or os.environ.get("SBT_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+        if n and str(n).isdigit() and int(n) > 0:
+            return int(n)
+        if self._ll.llama_model_n_params(self._model) < SMALL_MODEL_PARAMS:
+            return 1
+        return max(1, (os.cpu_count() or 2) // 2)
+
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 20)
+        n = self._ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8") if n >= 0 else None
+
+    def _load_tokenizer(self, folder: Path) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            if (folder / "tokenizer.json").is_file():
+                tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            else:
+                text = self._meta("sbt.tokenizer")
+                if not text:
+                    raise SbtError(f"no tokenizer for {self.gguf_path.name}: put the model's tokenizer.json beside it")
+                tok = Tokenizer.from_str(text)
+        except SbtError:
+            raise
+        except Exception as exc:
+            raise SbtError(f"cannot read the tokenizer for {self.gguf_path.name}: {exc}") from None
+        meta = {}
+        for key in ("bos", "eos", "pad"):
+            v = self._meta(f"sbt.{key}_token_id")
+            if v is not None and v.lstrip("-").isdigit():
+                meta[key] = int(v)
+        ids = _special_ids(tok, folder, meta)
+        if tok.get_vocab_size(with_added_tokens=True) > self.vocab_size:
+            raise SbtError(f"tokenizer has {tok.get_vocab_size()} tokens but {self.gguf_path.name} only "
+                           f"{self.vocab_size}: wrong tokenizer for this model")
+        self.tokenizer = tok
+        self.eos_id = ids["eos"]
+        self.bos_ids = [ids["bos"]] if ids["bos"] is not None else []
+        unk = ids["unk"]
+        self.marker_ids = {i for i in (tok.token_to_id(GOAL), tok.token_to_id(BACKTRACK)) if i is not None and i != unk}
+
+    @cached_property
+    def model_sha256(self) -> str:
+        """sha256 of the GGUF file (each quantization of a model is its own checkpoint)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        with open(self.gguf_path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    @cached_property
+    def newline_ids(self) -> set[int]:
+        n = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        return {i for i in range(n) if "\n" in self.tokenizer.decode([i], skip_special_tokens=False)}
+
+    def close(self) -> None:
+        ll = self._ll
+        if getattr(self, "_batch", None) is not None:
+            ll.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "_ctx", None):
+            ll.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            ll.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- helpers ---------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        return self.bos_ids + self.encode(prompt)
+
+    def _decode_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode([i for i in ids if i != self.eos_id], skip_special_tokens=False)
+
+    def _decode(self, rows: list[tuple[int, int, int, bool]]) -> np.ndarray:
+        """One llama_decode of (token, pos, seq, want_logits) rows (<= n_batch); the logits
+        of the rows that asked for them, in order."""
+        n = len(rows)
+        for i, (tok, pos, seq, want) in enumerate(rows):
+            self._b_token[i] = tok
+            self._b_pos[i] = pos
+            self._b_nseq[i] = 1
+            self._b_seq[i][0] = seq
+            self._b_logits[i] = want
+        self._batch.n_tokens = n
+        self.n_decoded += n
+        rc = self._ll.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            raise SbtError(f"llama.cpp decode failed (code {rc}): {_last_error()}")
+        n_out = sum(1 for r in rows if r[3])
+        if not n_out:
+            return np.empty((0, self.vocab_size), dtype=np.float32)
+        ptr = self._ll.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n_out, self.vocab_size)).copy()
+
+    def _decode_all(self, rows: list[tuple[int, int, int, bool]]) -> np.ndarray:
+        """``_decode`` in chunks of n_batch."""
+        outs = [self._decode(rows[i:i + self._n_batch]) for i in range(0, len(rows), self._n_batch)]
+        return np.concatenate(outs) if outs else np.empty((0, self.vocab_size), dtype=np.float32)
+
+    def _seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
+        self._ll.llama_memory_seq_rm(self._mem, seq, p0, p1)
+
+    @staticmethod
+    def _lcp(a: list[int], b: list[int]) -> int:
+        n = min(len(a), len(b))
+        i = 0
+        while i < n and a[i] == b[i]:
+            i += 1
+        return i
+
+    def _place(self, prompts: list[list[int]], logits_from: list[int]) -> tuple[list[int], list[np.ndarray]]:
+        """Put each token list into a prompt slot, reusing the longest cached prefix.
+
+        ``logits_from[k]``: the first position whose logits are wanted for prompt k (the
+        logits predict the token after it); positions from there on are recomputed. Returns
+        the slot of each prompt and its logits rows (positions logits_from[k] .. end).
+        """
+        assert len(prompts) <= self.P
+        for ids in prompts:
+            if len(ids) > self.n_ctx_train:
+                raise SbtError(f"input of {len(ids)} tokens is longer than the model's context ({self.n_ctx_train})")
+        self._clock += 1
+        pinned: dict[int, int] = {}  # slots placed in this call -> tokens whose cells exist now
+        plan = []  # (slot, keep)
+        for ids, first in zip(prompts, logits_from):
+            best, best_len = -1, 0
+            for s, held in enumerate(self._slots):
+                if held is not None:
+                    L = min(self._lcp(held, ids), pinned.get(s, len(held)))
+                    if L > best_len:
+                        best, best_len = s, L
+            keep = min(best_len, first)
+            if best >= 0 and best not in pinned and keep > 0:
+                dst = best
+                self._seq_rm(dst, keep, -1)  # roll back to the shared prefix
+            else:
+                free = [s for s in range(self.P) if s not in pinned]
+                dst = min(free, key=lambda s: (self._slots[s] is not None, self._slot_age[s]))
+                self._seq_rm(dst)
+                if keep > 0:  # the shared prefix: the whole sequence, then cut (a partial copy
+                    # is refused across streams)
+                    self._ll.llama_memory_seq_cp(self._mem, best, dst, -1, -1)
+                    self._seq_rm(dst, keep, -1)
+            pinned[dst] = keep
+            self._slots[dst] = list(ids)
+            self._slot_age[dst] = self._clock
+            plan.append((dst, keep))
+        rows, spans, n_out = [], [], 0
+        for (dst, keep), ids, first in zip(plan, prompts, logits_from):
+            spans.append((n_out, len(ids) - first))
+            for p in range(keep, len(ids)):
+                rows.append((ids[p], p, dst, p >= first))
+                n_out += p >= first
+        try:
+            logits = self._decode_all(rows)
+        except BaseException:
+            self._reset()
+            raise
+        return [d for d, _ in plan], [logits[a:a + n] for a, n in spans]
+
+    def _reset(self) -> None:
+        """Forget every sequence (after an error the cache state is unknown)."""
+        self._ll.llama_memory_clear(self._mem, False)
+        self._slots = [None] * self.P
+
+    @staticmethod
+    def _log_softmax(x: np.ndarray) -> np.ndarray:
+        m = x.max(axis=-1, keepdims=True)
+        z = x - m
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+    # -- Backend protocol ----------------------------------------------------------------------
+    def sample(self, prompts: list[str], n: int, temperature: float, max_new_tokens: int,
+               seed: int, top_k: int | None = None, stop_at_line: bool = False) -> list[list[Completion]]:
+        if not prompts or n <= 0:
+            return [[] for _ in prompts]
+        ids = [self._prompt_ids(p) for p in prompts]
+        max_new = max(0, min(max_new_tokens, self.n_ctx_train - max(len(i) for i in ids)))
+        greedy = temperature <= 0
+        per_prompt = 1 if greedy else n  # greedy: every sample is the same
+        rng = np.random.default_rng(int(seed) & 0xFFFFFFFFFFFFFFFF)
+        stops = self.newline_ids if stop_at_line else set()
+        results: list[Completion | None] = [None] * (len(prompts) * per_prompt)
+        # groups of at most S samples and P distinct prompts, in output order
+        items = [(k, i) for k in range(len(prompts)) for i in range(per_prompt)]
+        groups, cur = [], []
+        for it in items:
+            if cur and (len(cur) >= self.S or (it[0] != cur[-1][0] and len({k for k, _ in cur}) >= self.P)):
+                groups.append(cur)
+                cur = []
+            cur.append(it)
+        groups.append(cur)
+        try:
+            for group in groups:
+                self._sample_group(group, ids, per_prompt, max_new, greedy, temperature, top_k, rng, stops, results)
+        except BaseException:
+            self._reset()
+            raise
+        out = []
+        for k in range(len(prompts)):
+            comps = results[k * per_prompt:(k + 1) * per_prompt]
+            if greedy:
+                c = comps[0]
+                comps = [Completion(c.text, list(c.token_ids), list(c.token_logprobs), c.finish) for _ in range(n)]
+            out.append(comps)
+        return out
+
+    def _sample_group(self, group, ids, per_prompt, max_new, greedy, temperature, top_k, rng, stops, results):
+        """Sample a group as a tree: samples with identical tokens so far are one *node*
+        (one sequence, one row of the batch); a node splits when its samples draw different
+        tokens, the new branches sharing its cells (``llama_memory_seq_cp``). Each sample
+        still draws its own token from its own distribution: the same samples as decoding
+        every one apart, for fewer decoded tokens."""
+        ll, mem = self._ll, self._mem
+        order = list(dict.fromkeys(k for k, _ in group))
+        slots, plogits = self._place([ids[k] for k in order], [len(ids[k]) - 1 for k in order])
+        free = [self.P + j for j in range(self.S)][::-1]
+        nodes = []  # (seq, members (indices into group), position of the next token)
+        for k, slot in zip(order, slots):
+            seq = free.pop()
+            self._seq_rm(seq)
+            ll.llama_memory_seq_cp(mem, slot, seq, -1, -1)
+            nodes.append((seq, [g for g, (kk, _) in enumerate(group) if kk == k], len(ids[k])))
+        logits = np.stack([lg[-1] for lg in plogits]).astype(np.float32)
+        gen_ids = [[] for _ in group]
+        gen_lps = [[] for _ in group]
+        finish = ["length"] * len(group)
+        for _ in range(max_new):
+            logp = self._log_softmax(logits)
+            members = [g for _, ms, _ in nodes for g in ms]
+            node_of = np.array([ni for ni, (_, ms, _) in enumerate(nodes) for _ in ms])
+            if greedy:
+                nxt = logits.argmax(-1)[node_of]
+            else:
+                scaled = logits.astype(np.float64) / temperature
+                if top_k and top_k < scaled.shape[-1]:
+                    kth = np.partition(scaled, -top_k, axis=-1)[:, -top_k][:, None]
+                    scaled = np.where(scaled < kth, -np.inf, scaled)
+                cdf = np.exp(scaled - scaled.max(-1, keepdims=True)).cumsum(-1)[node_of]
+                u = rng.random(len(members)) * cdf[:, -1]
+                nxt = np.minimum((cdf <= u[:, None]).sum(-1), scaled.shape[-1] - 1)
+            lps = logp[node_of, nxt]
+            branches: dict[tuple[int, int], list[int]] = {}
+            for g, ni, tok, lp in zip(members, node_of.tolist(), nxt.tolist(), lps.tolist()):
+                gen_ids[g].append(tok)
+                gen_lps[g].append(lp)
+                if tok == self.eos_id:
+                    finish[g] = "eos"
+                elif tok in self.marker_ids or tok in stops:
+                    finish[g] = "stop"
+                else:
+                    branches.setdefault((ni, tok), []).append(g)
+            new_nodes, rows, kept = [], [], set()
+            for (ni, tok), ms in branches.items():
+                seq, _, pos = nodes[ni]
+                if ni in kept:  # another branch of this node: a new sequence sharing its cells
+                    child = free.pop()
+                    self._seq_rm(child)
+                    ll.llama_memory_seq_cp(mem, seq, child, -1, -1)
+                else:
+                    kept.add(ni)
+                    child = seq
+                new_nodes.append((child, ms, pos + 1))
+                rows.append((tok, pos, child, True))
+            for ni, (seq, _, _) in enumerate(nodes):
+                if ni not in kept:  # every sample of this node has finished
+                    self._seq_rm(seq)
+                    free.append(seq)
+            nodes = new_nodes
+            if not nodes:
+                break
+            logits = self._decode(rows)
+        for seq, _, _ in nodes:
+            self._seq_rm(seq)
+        for g, (k, i) in enumerate(group):
+            results[k * per_prompt + i] = Completion(self._decode_text(gen_ids[g]), gen_ids[g], gen_lps[g], finish[g])
+
+    def score(self, prompt: str, continuation: str) -> list[float]:
+        return self._token_logprobs(prompt, self.encode(continuation))
+
+    def position_logits(self, prompt: str, continuation_ids: list[int]) -> np.ndarray:
+        """Raw logits ``[len(continuation_ids), vocab]``: row j predicts continuation token j."""
+        if not continuation_ids:
+            return np.empty((0, self.vocab_size), dtype=np.float32)
+        head = self._prompt_ids(prompt)
+        _, (logits,) = self._place([head + list(continuation_ids)], [len(head) - 1])
+        return logits[:len(continuation_ids)]
+
+    def _token_logprobs(self, prompt: str, cont: list[int]) -> list[float]:
+        if not cont:
+            return []
+        logp = self._log_softmax(self.position_logits(prompt, cont))
+        return [float(logp[j, t]) for j, t in enumerate(cont)]
+
+    def beam(self, prompt: str, width: int, max_new_tokens: int) -> list[Completion]:
+        """Beam search over llama.cpp sequences: at each step the ``2*width`` best
+        extensions of the live beams (by summed log-prob); ones ending in the end token or
+        a marker finish (scored by mean log-prob), the best ``width`` others go on; stops
+        when ``width`` beams have finished (early stopping) or at the length limit."""
+        width = max(1, min(int(width), self.S // 2))
+        head = self._prompt_ids(prompt)
+        max_new = max(0, min(max_new_tokens, self.n_ctx_train - len(head)))
+        (slot,), (plog,) = self._place([head], [len(head) - 1])
+        ends = {self.eos_id, *self.marker_ids} - {None}
+        pool = [self.P + j for j in range(2 * width)]
+        beams = [([], [], pool[0])]  # (tokens, logprobs, seq)
+        self._seq_rm(pool[0])
+        self._ll.llama_memory_seq_cp(self._mem, slot, pool[0], -1, -1)
+        logits = plog[-1:]
+        finished: list[tuple[float, list[int], list[float], str]] = []
+        try:
+            for _step in range(max_new):
+                logp = self._log_softmax(logits.astype(np.float32))
+                scores = np.array([sum(b[1]) for b in beams])[:, None] + logp
+                flat = np.argsort(-scores, axis=None, kind="stable")[:2 * width]
+                new = []
+                for rank, idx in enumerate(flat):
+                    b, tok = divmod(int(idx), logp.shape[1])
+                    toks, lps, _ = beams[b]
+                    cand = (toks + [tok], lps + [float(logp[b, tok])])
+                    if tok in ends:
+                        if rank < width:
+                            why = "eos" if tok == self.eos_id else "stop"
+                            finished.append((float(np.mean(cand[1])), cand[0], cand[1], why))
+                    elif len(new) < width:
+                        new.append((b, cand))
+                if len(finished) >= width or not new:
+                    beams = [] if len(finished) >= width else beams
+                    break
+                busy = {bb[2] for bb in beams}
+                free = [s for s in pool if s not in busy]
+                children = []
+                for b, (toks, lps) in new:  # fresh sequences sharing their parent's cells
+                    seq = free.pop()
+                    self._seq_rm(seq)
+                    self._ll.llama_memory_seq_cp(self._mem, beams[b][2], seq, -1, -1)
+                    children.append((toks, lps, seq))
+                for _, _, seq in beams:
+                    self._seq_rm(seq)
+                beams = children
+                rows = [(toks[-1], len(head) + len(toks) - 1, seq, True) for toks, _, seq in beams]
+                logits = self._decode(rows)
+        except BaseException:
+            self._reset()
+            raise
+        for seq in pool:
+            self._seq_rm(seq)
+        if len(finished) < width:  # the length limit: live beams count as finished
+            finished += [(float(np.mean(l)) if l else 0.0, t, l, "length") for t, l, _ in beams]
+        finished.sort(key=lambda f: -f[0])
+        return [Completion(self._decode_text(t), t, l, why) for _, t, l, why in finished[:width]]
