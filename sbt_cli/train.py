@@ -26,7 +26,7 @@ def train_cmd(
     batch_size: int = typer.Option(256, "--batch-size"),
     lr: float = typer.Option(2e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
-    eval_every: int = typer.Option(500, "--eval-every", help="steps between val greedy evaluations"),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="steps between val greedy evaluations (500)"),
     eval_puzzles: int = typer.Option(300, "--eval-puzzles"),
     ckpt_every: int = typer.Option(200, "--ckpt-every", help="steps between checkpoints"),
     precision: str = typer.Option("auto", "--precision", help="auto|fp32|bf16"),
@@ -54,7 +54,7 @@ def train_cmd(
         raise SbtError(f"no training data in {data_dir}; run: sbt data generate --numbers {numbers} --out {data_dir}")
     cfg = TrainConfig(out=str(out), data_dir=str(data_dir), data=data, back_ratio=back_ratio, kind_weights=weights,
                       size=size, base_model=str(base_model) if base_model else None, train_puzzles=train_puzzles,
-                      batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
+                      batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every or 500,
                       eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, threads=threads)
     if tokens is not None:
         cfg.max_tokens = int(tokens)
@@ -64,6 +64,8 @@ def train_cmd(
             cfg = TrainConfig(**torch.load(saved, weights_only=False)["config"])
             if tokens is not None:
                 cfg.max_tokens = int(tokens)
+            if eval_every:
+                cfg.eval_every = eval_every
     try:
         cfg.recipe()
     except ValueError as exc:

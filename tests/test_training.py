@@ -125,6 +125,9 @@ def test_tiny_model_loss_falls_and_saves_hf_dir(tmp_path, tiny_data):
         assert (out / f).is_file(), f
     saved = json.loads((out / "training.json").read_text())
     assert saved["steps"] == report["steps"] and saved["config"]["seed"] == 0 and saved["curve"]
+    best = json.loads((out / "best" / "best.json").read_text())  # the best-on-val model is kept
+    assert best["val_greedy"] == max(p["val_greedy"] for p in saved["curve"])
+    assert (out / "best" / "model.safetensors").is_file()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(out)

@@ -188,6 +188,11 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
                  "val_ended_backtrack": rep.to_json()["ended_backtrack"]}
         state.curve.append(point)
         log(json.dumps(point))
+        best_file = out / "best" / "best.json"
+        best = json.loads(best_file.read_text())["val_greedy"] if best_file.is_file() else -1.0
+        if rep.accuracy > best:  # keep the best-on-val model too (model selection on val only)
+            save_model(model, tok, out / "best")
+            (out / "best" / "best.json").write_text(json.dumps(point) + "\n")
 
     for step, epoch, batch in iterate(data, cfg.batch_size, cfg.seed, state.step):
         if step >= total_steps:
