@@ -7,7 +7,7 @@ from pathlib import Path
 SIZES = {
     # name: (hidden, layers, heads, intermediate)
     "tiny": (32, 2, 2, 64),        # tests: trains in seconds
-    "small": (256, 4, 4, 704),     # ~3.4M parameters: the default
+    "small": (256, 4, 4, 768),     # ~3.4M parameters: the default (768 = 3 x 256: K-quants fit)
     "medium": (384, 6, 6, 1024),   # ~10M parameters
     "large": (512, 8, 8, 1408),    # ~25M parameters
 }
