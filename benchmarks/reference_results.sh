@@ -11,7 +11,8 @@ for n in 3 4; do
   for split in test_new test_seen; do
     common=(--split "$split" --limit "$limit" --seed 0 --no-trace -q)
     if [ -d "models/countdown$n-sft" ]; then
-      sbt bench "${common[@]}" --model "countdown$n-sft" --methods greedy,beam,best-of-n,pass@n --n 8,16,32
+      sbt bench "${common[@]}" --model "countdown$n-sft" --methods greedy,beam,best-of-n --n 8,16,32
+      sbt bench "${common[@]}" --model "countdown$n-sft" --methods pass@n --n 32
     fi
     sbt bench "${common[@]}" --model "countdown$n-backtrack" --methods greedy,self-backtrack --n 8,16,32 --b 0,1
     sbt bench "${common[@]}" --model "countdown$n-backtrack" --methods pass@n,dfs --n 32
