@@ -27,6 +27,7 @@ from sbt_core.search import METHODS, run_search  # noqa: E402
 from sbt_core.tokenizer import build_tokenizer  # noqa: E402
 from sbt_core.trace import prompt  # noqa: E402
 from training.model import new_model, save_model  # noqa: E402
+from _backend_contract import assert_completions_follow_contract
 
 P = Puzzle((3, 4, 5, 7), 41)
 PROMPTS = [prompt(P), prompt(P) + "7 * 3 = 21\n", prompt(Puzzle((2, 3, 5), 30)), prompt(Puzzle((12, 9, 40, 2), 66))]
@@ -127,17 +128,7 @@ def test_sample_logprobs_untempered_and_match_torch(torch_backend, f32, temperat
 
 def test_sample_shapes_finish_and_stops(f32):
     out = f32.sample(PROMPTS, 3, 1.0, 12, seed=0)
-    assert [len(x) for x in out] == [3] * len(PROMPTS)
-    for comps in out:
-        for c in comps:
-            assert len(c.token_ids) == len(c.token_logprobs) <= 12 and c.finish in FINISH_REASONS
-            if c.finish == "length":
-                assert len(c.token_ids) == 12
-            if c.finish == "eos":
-                assert c.token_ids[-1] == f32.eos_id
-            if c.finish == "stop":
-                assert c.token_ids[-1] in f32.marker_ids
-            assert all(t not in f32.marker_ids and t != f32.eos_id for t in c.token_ids[:-1])
+    assert_completions_follow_contract(f32, out, len(PROMPTS), 3, 12)
     lines = f32.sample(PROMPTS, 4, 1.5, 40, seed=1, stop_at_line=True)
     for comps in lines:
         for c in comps:

@@ -11,7 +11,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sbt_core.backends import load_backend  # noqa: E402
-from sbt_core.backends.base import FINISH_REASONS  # noqa: E402
 from sbt_core.backends.torch_backend import TorchBackend  # noqa: E402
 from sbt_core.countdown import Puzzle  # noqa: E402
 from sbt_core.errors import SbtError  # noqa: E402
@@ -20,6 +19,7 @@ from sbt_core.search import METHODS, run_search  # noqa: E402
 from sbt_core.tokenizer import build_tokenizer  # noqa: E402
 from sbt_core.trace import BACKTRACK, GOAL, prompt  # noqa: E402
 from training.model import new_model, save_model  # noqa: E402
+from _backend_contract import assert_completions_follow_contract
 
 P = Puzzle((3, 4, 5, 7), 41)
 PROMPTS = [prompt(P), prompt(P) + "7 * 3 = 21\n", prompt(Puzzle((2, 3, 5), 30))]
@@ -47,17 +47,7 @@ def forward_logprobs(backend, text, ids):
 
 def test_sample_shapes_and_finish(backend):
     out = backend.sample(PROMPTS, 3, 1.0, 12, seed=0)
-    assert [len(x) for x in out] == [3, 3, 3]
-    for comps in out:
-        for c in comps:
-            assert len(c.token_ids) == len(c.token_logprobs) <= 12 and c.finish in FINISH_REASONS
-            if c.finish == "length":
-                assert len(c.token_ids) == 12
-            if c.finish == "eos":
-                assert c.token_ids[-1] == backend.eos_id
-            if c.finish == "stop":
-                assert c.token_ids[-1] in backend.marker_ids
-            assert all(t not in backend.marker_ids and t != backend.eos_id for t in c.token_ids[:-1])
+    assert_completions_follow_contract(backend, out, 3, 3, 12)
     assert backend.sample([], 3, 1.0, 5, 0) == [] and backend.sample(PROMPTS[:1], 0, 1.0, 5, 0) == [[]]
 
 
