@@ -32,7 +32,6 @@ stream per sequence; slower here). No torch import on this path.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 from collections import deque
 from functools import cached_property
@@ -43,6 +42,7 @@ import numpy as np
 from ..errors import SbtError
 from ..trace import BACKTRACK, GOAL
 from .base import Completion
+from .light_tokenizer import special_ids
 
 QUANT_PREFERENCE = ("q8_0", "f16", "f32", "q4_k_m", "q4_0")
 SMALL_MODEL_PARAMS = 50_000_000
@@ -137,32 +137,6 @@ def resolve_gguf_model(name_or_path: str | os.PathLike) -> Path:
         if cand.exists():
             return cand.resolve()
     raise SbtError(f"model {text!r} not found (looked in {models_dir()}); pass --model DIR or a .gguf file")
-
-
-def _special_ids(tok, folder: Path, meta: dict) -> dict[str, int | None]:
-    """bos / eos / pad ids: from tokenizer_config.json beside the GGUF, else its metadata."""
-    names: dict[str, str | None] = {}
-    for fname in ("tokenizer_config.json", "special_tokens_map.json"):
-        f = folder / fname
-        if f.is_file():
-            try:
-                cfg = json.loads(f.read_text())
-            except ValueError:
-                continue
-            for key in ("bos", "eos", "pad", "unk"):
-                v = cfg.get(f"{key}_token")
-                if isinstance(v, dict):
-                    v = v.get("content")
-                names.setdefault(key, v)
-    out: dict[str, int | None] = {}
-    for key in ("bos", "eos", "pad", "unk"):
-        if names.get(key):
-            out[key] = tok.token_to_id(names[key])
-        elif key in meta:
-            out[key] = meta[key]
-        else:
-            out[key] = None
-    return out
 
 
 class LlamaBackend:
@@ -280,7 +254,7 @@ class LlamaBackend:
             v = self._meta(f"sbt.{key}_token_id")
             if v is not None and v.lstrip("-").isdigit():
                 meta[key] = int(v)
-        ids = _special_ids(tok, folder, meta)
+        ids = special_ids(tok, folder, meta)
         if tok.get_vocab_size(with_added_tokens=True) > self.vocab_size:
             raise SbtError(f"tokenizer has {tok.get_vocab_size()} tokens but {self.gguf_path.name} only "
                            f"{self.vocab_size}: wrong tokenizer for this model")

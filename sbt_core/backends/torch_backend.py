@@ -1,12 +1,14 @@
-"""The torch / transformers backend: any Hugging Face causal-LM directory.
+"""The torch backend: any Hugging Face causal-LM directory.
 
-Sampling is our own short loop over ``model.forward`` with a ``DynamicCache`` (KV cache):
-distinct prompts are prefilled once (left-padded), the cache is repeated ``n`` times,
-finished rows are dropped from the batch, and every call draws from its own seeded
-``torch.Generator``. Beam search uses ``model.generate``. All log-probs are of the
-untempered distribution. Threads: ``SBT_NUM_THREADS`` or ``OMP_NUM_THREADS``, else one
-for small models; dtype: ``SBT_DTYPE`` (float32 | bfloat16); device: ``SBT_DEVICE``
-(cpu | cuda | auto).
+Plain Llama directories (ours) run on ``compact_llama`` (same maths as transformers,
+without its 3 s import); anything else loads with transformers ``AutoModelForCausalLM``
+(``SBT_TORCH_IMPL=transformers`` forces that). Sampling is our own short loop over
+``model.forward`` with a KV cache: distinct prompts are prefilled once (left-padded), the
+cache is repeated ``n`` times, finished rows are dropped from the batch, and every call
+draws from its own seeded ``torch.Generator``. Beam search uses transformers'
+``generate``. All log-probs are of the untempered distribution. Threads:
+``SBT_NUM_THREADS`` or ``OMP_NUM_THREADS``, else one for small models; dtype: ``SBT_DTYPE``
+(float32 | bfloat16); device: ``SBT_DEVICE`` (cpu | cuda | auto).
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spinning on busy CPUs
 
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
 
 from ..errors import SbtError  # noqa: E402
 from ..trace import BACKTRACK, GOAL  # noqa: E402
@@ -34,8 +34,6 @@ SMALL_MODEL_PARAMS = 50_000_000  # below this, one thread decodes fastest (and s
 
 def configure_threads(n_params: int = 0) -> None:
     """Threads from ``SBT_NUM_THREADS`` / ``OMP_NUM_THREADS``; else 1 for small models."""
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
     n = os.environ.get("SBT_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
     if n and n.isdigit() and int(n) > 0:
         torch.set_num_threads(int(n))
@@ -46,17 +44,55 @@ def configure_threads(n_params: int = 0) -> None:
 GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
-def load_tokenizer(path: Path):
-    """The model's tokenizer; a plain ``tokenizer.json`` one skips AutoTokenizer (2 s of imports)."""
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def load_tokenizer(path: Path, light: bool = False):
+    """The model's tokenizer: a plain ``tokenizer.json`` one opens with ``tokenizers`` alone
+    (``light``) or ``PreTrainedTokenizerFast``; anything else with ``AutoTokenizer``."""
     import json
 
     config = path / "tokenizer_config.json"
     if (path / "tokenizer.json").is_file() and config.is_file():
         if json.loads(config.read_text()).get("tokenizer_class") in GENERIC_TOKENIZERS:
+            if light:
+                from .light_tokenizer import LightTokenizer
+
+                return LightTokenizer(path)
             from transformers import PreTrainedTokenizerFast
 
             return PreTrainedTokenizerFast.from_pretrained(path)
+    _quiet_transformers()
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(path)
+
+
+def load_model(path: Path, dtype: torch.dtype, impl: str | None = None):
+    """The model and its tokenizer: ``compact_llama`` where it applies, else transformers."""
+    impl = impl or os.environ.get("SBT_TORCH_IMPL") or "auto"
+    if impl not in ("auto", "compact", "transformers"):
+        raise SbtError(f"unknown SBT_TORCH_IMPL {impl!r}; choose auto, compact or transformers")
+    if impl != "transformers":
+        from .compact_llama import CompactLlama, unsupported_reason
+
+        reason = unsupported_reason(path)
+        if reason is None:
+            return CompactLlama.from_dir(path, dtype), load_tokenizer(path, light=True)
+        if impl == "compact":
+            raise SbtError(f"cannot run {path} without transformers: {reason}")
+    return load_hf_model(path, dtype), load_tokenizer(path)
+
+
+def load_hf_model(path: Path, dtype: torch.dtype):
+    _quiet_transformers()
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
 
 
 def _pick_device(device: str | None) -> torch.device:
@@ -77,9 +113,11 @@ class TorchBackend:
         name = dtype or os.environ.get("SBT_DTYPE") or "float32"
         if name not in DTYPES:
             raise SbtError(f"unknown dtype {name!r}; choose float32 or bfloat16")
+        self._dtype = DTYPES[name]
         try:
-            tokenizer = load_tokenizer(self.path)
-            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=DTYPES[name])
+            model, tokenizer = load_model(self.path, self._dtype)
+        except SbtError:
+            raise
         except Exception as exc:  # corrupt or incompatible checkpoint: one clear line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise SbtError(f"cannot load model from {self.path}: {type(exc).__name__}: {first[:200]}") from None
@@ -111,6 +149,21 @@ class TorchBackend:
         unk = tok.unk_token_id
         self.marker_ids = {i for i in (tok.convert_tokens_to_ids(GOAL), tok.convert_tokens_to_ids(BACKTRACK))
                            if i is not None and i != unk}
+
+    def _new_cache(self):
+        if hasattr(self.model, "new_cache"):
+            return self.model.new_cache()
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
+    @cached_property
+    def generator_model(self):
+        """A transformers model for ``generate`` (beam search): the loaded one, or the same
+        weights through transformers when the compact model is in use."""
+        if hasattr(self.model, "generate"):
+            return self.model
+        return load_hf_model(self.path, self._dtype).to(self.device).eval()
 
     @cached_property
     def model_sha256(self) -> str:
@@ -159,7 +212,7 @@ class TorchBackend:
         if limit:  # never run past the model's positions (hard length limit)
             max_new_tokens = max(0, min(max_new_tokens, limit - ids.shape[1]))
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        cache = self._new_cache()
         logits = self._step(ids, mask, pos, cache)
         if n > 1:
             cache.batch_repeat_interleave(n)
@@ -210,7 +263,7 @@ class TorchBackend:
     @torch.inference_mode()
     def beam(self, prompt: str, width: int, max_new_tokens: int) -> list[Completion]:
         ids = torch.tensor([self._prompt_ids(prompt)], device=self.device)
-        out = self.model.generate(
+        out = self.generator_model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=width, num_return_sequences=width,
             do_sample=False, max_new_tokens=max_new_tokens, early_stopping=True, pad_token_id=self.pad_id,
             eos_token_id=[self.eos_id, *sorted(self.marker_ids)],
