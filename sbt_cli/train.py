@@ -29,7 +29,8 @@ def train_cmd(
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="steps between val greedy evaluations (500)"),
     eval_puzzles: int = typer.Option(300, "--eval-puzzles"),
     ckpt_every: int = typer.Option(200, "--ckpt-every", help="steps between checkpoints"),
-    precision: str = typer.Option("auto", "--precision", help="auto|fp32|bf16"),
+    precision: str = typer.Option("auto", "--precision", help="auto|fp32|bf16|bf16-master (auto: bf16-master on CPUs with bf16, bf16 autocast on CUDA)"),
+    compile_: str = typer.Option("auto", "--compile", help="auto|on|off: torch.compile the training step (auto: CPU runs of 300+ steps)"),
     threads: int = typer.Option(0, "--threads", help="torch threads (0: default)"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint"),
     quiet: bool = typer.Option(False, "--quiet", help="log lines instead of a progress bar"),
@@ -55,7 +56,7 @@ def train_cmd(
     cfg = TrainConfig(out=str(out), data_dir=str(data_dir), data=data, back_ratio=back_ratio, kind_weights=weights,
                       size=size, base_model=str(base_model) if base_model else None, train_puzzles=train_puzzles,
                       batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every or 500,
-                      eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, threads=threads)
+                      eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, compile=compile_, threads=threads)
     if tokens is not None:
         cfg.max_tokens = int(tokens)
     if resume:

@@ -135,6 +135,52 @@ def test_tiny_model_loss_falls_and_saves_hf_dir(tmp_path, tiny_data):
     AutoModelForCausalLM.from_pretrained(out)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-master"])
+def test_every_precision_trains_and_saves_float32(tmp_path, tiny_data, precision):
+    import torch
+    from safetensors.torch import load_file
+    from training.sft import train
+
+    losses = []
+    report = train(_cfg(tmp_path, tiny_data, precision=precision, max_tokens=30_000), log=lambda m: None,
+                   on_step=lambda i: losses.append(i["loss"]))
+    assert losses[-1] < losses[0] - 0.3
+    assert report["precision"] == {"bf16": "bf16-autocast"}.get(precision, precision) and not report["compiled"]
+    weights = load_file(str(tmp_path / "model" / "model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in weights.values())  # master weights, not the bf16 copy
+
+
+def test_precision_and_compile_choices():
+    import torch
+    from training.stepper import resolve_compile, resolve_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", cpu, True) == "bf16-master"
+    assert resolve_precision("auto", cpu, False) == "fp32"
+    assert resolve_precision("auto", cuda, False) == "bf16"
+    assert resolve_precision("fp32", cpu, True) == "fp32"
+    with pytest.raises(ValueError):
+        resolve_precision("fp8", cpu, True)
+    assert not resolve_compile("auto", cpu, 10)  # a short run never pays the compile time back
+    assert resolve_compile("on", cpu, 10) and not resolve_compile("off", cpu, 10_000)
+    assert not resolve_compile("auto", cuda, 10_000)
+
+
+def test_failed_compile_falls_back_to_eager_training(tmp_path, tiny_data, monkeypatch):
+    import torch
+    from training.sft import train
+
+    def broken_compile(module, **kw):
+        def run(**inputs):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    logs = []
+    report = train(_cfg(tmp_path, tiny_data, compile="on", max_tokens=10_000), log=logs.append)
+    assert any("torch.compile failed" in m for m in logs) and not report["compiled"] and report["steps"] > 0
+
+
 def test_resume_continues_exactly(tmp_path, tiny_data):
     import torch
     from training.sft import train

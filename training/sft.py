@@ -26,6 +26,7 @@ from .batches import EncodedDataset, collate, iterate
 from .data import Recipe, build_examples, encode, path_examples
 from .evaluate import greedy_accuracy
 from .model import new_model, save_model
+from .stepper import Stepper, resolve_compile, resolve_precision
 
 
 @dataclass
@@ -48,7 +49,8 @@ class TrainConfig:
     eval_every: int = 500
     eval_puzzles: int = 300
     ckpt_every: int = 200
-    precision: str = "auto"  # auto | fp32 | bf16 (autocast)
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast) | bf16-master (see training/stepper.py)
+    compile: str = "auto"  # auto | on | off: torch.compile the training step
     attn: str = "eager"
     threads: int = 0
     # a JSONL of {"numbers", "target", "steps": ["a op b = c", ...]}: train D_op on these
@@ -168,9 +170,15 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         opt.load_state_dict(saved["optimizer"])
         state = TrainState(**saved["train_state"])
         log(f"resumed at step {state.step:,} ({state.tokens:,} tokens)")
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and (device.type == "cuda" or _cpu_has_bf16()))
     avg_len = data.n_tokens / len(data)
     total_steps = max(1, int(cfg.max_tokens / (avg_len * cfg.batch_size)))
+    try:
+        precision = resolve_precision(cfg.precision, device, _cpu_has_bf16())
+        compiled = resolve_compile(cfg.compile, device, total_steps - state.step)
+    except ValueError as exc:
+        raise SbtError(str(exc)) from None
+    stepper = Stepper(model, opt, precision, compiled, log=log)
+    log(f"precision {precision}, torch.compile {'on' if compiled else 'off'}, {torch.get_num_threads()} threads")
     model.train()
     t_start, tokens_window, t_window, loss_ema = time.time() - state.wall_s, 0, time.time(), None
 
@@ -199,17 +207,12 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step, total_steps)
-        inputs = {k: v.to(device) for k, v in collate(data, batch, tok.pad_token_id).items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = model(**inputs).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        inputs = {k: v.to(device) for k, v in collate(data, batch, tok.pad_token_id, stepper.pad_multiple).items()}
+        loss = stepper.step(inputs)
         n_tok = int(inputs["attention_mask"].sum())
         state.step, state.tokens = step + 1, state.tokens + n_tok
         tokens_window += n_tok
-        loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
+        loss_ema = loss if loss_ema is None else 0.98 * loss_ema + 0.02 * loss
         if on_step:
             now = time.time()
             on_step({"step": state.step, "total": total_steps, "loss": loss_ema, "epoch": epoch,
@@ -232,7 +235,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
                  "given_paths": data.paths_info},
         "params": sum(p.numel() for p in model.parameters()),
         "steps": state.step, "tokens": state.tokens, "wall_s": round(time.time() - t_start, 1),
-        "hardware": _hardware(device), "precision": "bf16-autocast" if use_bf16 else "fp32",
+        "hardware": _hardware(device), "precision": {"bf16": "bf16-autocast"}.get(precision, precision),
+        "compiled": stepper.compiled,
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
         "curve": state.curve,
         "final": state.curve[-1] if state.curve else None,
