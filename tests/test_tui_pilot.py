@@ -42,7 +42,7 @@ def plain(app: SbtApp, selector: str) -> str:
     return console.export_text()
 
 
-async def until(pilot, cond, timeout: float = 10.0) -> None:
+async def until(pilot, cond, timeout: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while not cond():
