@@ -18,4 +18,13 @@ for n in 3 4; do
     sbt bench "${common[@]}" --model "countdown$n-backtrack" --methods pass@n,dfs --n 32
   done
 done
+# llama.cpp backend on the shipped GGUFs (parity of self-backtracking accuracy with torch)
+if [ -f models/countdown4-backtrack/model-q8_0.gguf ] && python -c "import llama_cpp" 2>/dev/null; then
+  for q in q8_0 q4_0; do
+    SBT_LLAMA_QUANT=$q sbt bench --split test_new --limit "$limit" --seed 0 --no-trace -q --backend llama \
+      --model countdown4-backtrack --methods self-backtrack --n 32 --b 1
+  done
+fi
+# expert iteration: 3 rounds from the shipped Countdown-3 backtracking model
+sbt iterate --model countdown3-backtrack --rounds 3 --eval-limit "$limit" -q
 sbt bench report --plot docs/scaling.png --plot docs/scaling.svg --format markdown --out docs/leaderboard.md
