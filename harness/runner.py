@@ -265,11 +265,26 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+# environment settings that change what a run computes: recorded in front of its command
+RUN_ENV = ("SBT_LLAMA_QUANT", "SBT_DTYPE", "SBT_TORCH_IMPL", "SBT_DEVICE")
+
+
 def command_line() -> str:
     argv = list(sys.argv)
     if argv:
         argv[0] = Path(argv[0]).name
-    return " ".join(shlex.quote(a) for a in argv)
+    env = [f"{k}={shlex.quote(os.environ[k])}" for k in RUN_ENV if os.environ.get(k)]
+    return " ".join(env + [shlex.quote(a) for a in argv])
+
+
+def model_label(backend) -> str | None:
+    """The stored model name: the model's name, plus the GGUF type for llama.cpp runs
+    (``countdown4-backtrack:q8_0``) so that quantizations of one model stay apart."""
+    if backend is None:
+        return None
+    name = getattr(backend, "model_name", None)
+    quant = getattr(backend, "quant", None)
+    return f"{name}:{quant}" if name and quant else name
 
 
 # --------------------------------------------------------------------------- observers
@@ -385,7 +400,7 @@ class Bench:
         return {
             "method": spec.method,
             "params": canonical_json(spec.params_dict),
-            "model": getattr(backend, "model_name", None) if backend is not None else None,
+            "model": model_label(backend),
             "model_sha256": getattr(backend, "model_sha256", None) if backend is not None else None,
             "backend": getattr(backend, "backend_name", self.backend) if backend is not None else None,
             "split": source.split,
