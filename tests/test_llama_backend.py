@@ -27,7 +27,7 @@ from sbt_core.search import METHODS, run_search  # noqa: E402
 from sbt_core.tokenizer import build_tokenizer  # noqa: E402
 from sbt_core.trace import prompt  # noqa: E402
 from training.model import new_model, save_model  # noqa: E402
-from _backend_contract import assert_completions_follow_contract
+from _backend_contract import assert_completions_follow_contract, forward_logprobs
 
 P = Puzzle((3, 4, 5, 7), 41)
 PROMPTS = [prompt(P), prompt(P) + "7 * 3 = 21\n", prompt(Puzzle((2, 3, 5), 30)), prompt(Puzzle((12, 9, 40, 2), 66))]
@@ -59,14 +59,6 @@ def f32(model_dir):
 
 def ids(out):
     return [[c.token_ids for c in comps] for comps in out]
-
-
-def torch_logprobs(tb, text, tokens):
-    head = tb._prompt_ids(text)
-    with torch.no_grad():
-        logits = tb.model(input_ids=torch.tensor([head + tokens])).logits[0].float()
-    logp = torch.log_softmax(logits[len(head) - 1:-1], -1)
-    return logp.gather(-1, torch.tensor(tokens)[:, None]).squeeze(-1).tolist()
 
 
 def test_loads_with_protocol_attributes(model_dir, f32):
@@ -107,7 +99,7 @@ def test_f16_close_and_q8_mostly_agrees(model_dir, torch_backend):
         agree += int((got.argmax(-1) == ref.argmax(-1).numpy()).sum())
         total += len(tokens)
         assert q8.score(text, torch_backend._decode(tokens)) == pytest.approx(
-            torch_logprobs(torch_backend, text, tokens)[:len(q8.encode(torch_backend._decode(tokens)))], abs=0.3)
+            forward_logprobs(torch_backend, text, tokens)[:len(q8.encode(torch_backend._decode(tokens)))], abs=0.3)
     assert agree / total >= 0.9
 
 
@@ -116,7 +108,7 @@ def test_sample_logprobs_untempered_and_match_torch(torch_backend, f32, temperat
     out = f32.sample(PROMPTS, 3, temperature, 20, seed=5, top_k=top_k)
     for text, comps in zip(PROMPTS, out):
         for c in comps:
-            assert c.token_logprobs == pytest.approx(torch_logprobs(torch_backend, text, c.token_ids), abs=1e-4)
+            assert c.token_logprobs == pytest.approx(forward_logprobs(torch_backend, text, c.token_ids), abs=1e-4)
             if top_k:  # every sampled token is among the top k of the raw logits
                 head = torch_backend._prompt_ids(text)
                 with torch.no_grad():
@@ -165,7 +157,7 @@ def test_prefix_reuse_and_rollback_give_fresh_results(model_dir, torch_backend):
         if kind == "score":
             got, want = used.score(arg, extra), fresh.score(arg, extra)
             assert got == pytest.approx(want, abs=1e-5)
-            assert got == pytest.approx(torch_logprobs(torch_backend, arg, used.encode(extra)), abs=1e-4)
+            assert got == pytest.approx(forward_logprobs(torch_backend, arg, used.encode(extra)), abs=1e-4)
         else:
             got, want = used.sample(arg, extra, 0.0, 24, seed=0), fresh.sample(arg, extra, 0.0, 24, seed=0)
             assert ids(got) == ids(want)
@@ -194,7 +186,7 @@ def test_beam(f32, torch_backend):
     assert means == sorted(means, reverse=True)
     for c in beams:
         assert c.finish in FINISH_REASONS
-        assert c.token_logprobs == pytest.approx(torch_logprobs(torch_backend, PROMPTS[0], c.token_ids), abs=1e-4)
+        assert c.token_logprobs == pytest.approx(forward_logprobs(torch_backend, PROMPTS[0], c.token_ids), abs=1e-4)
     greedy = f32.sample([PROMPTS[0]], 1, 0.0, 20, seed=0)[0][0]
     assert f32.beam(PROMPTS[0], 1, 20)[0].token_ids == greedy.token_ids
 

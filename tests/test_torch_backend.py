@@ -19,7 +19,7 @@ from sbt_core.search import METHODS, run_search  # noqa: E402
 from sbt_core.tokenizer import build_tokenizer  # noqa: E402
 from sbt_core.trace import BACKTRACK, GOAL, prompt  # noqa: E402
 from training.model import new_model, save_model  # noqa: E402
-from _backend_contract import assert_completions_follow_contract
+from _backend_contract import assert_completions_follow_contract, forward_logprobs
 
 P = Puzzle((3, 4, 5, 7), 41)
 PROMPTS = [prompt(P), prompt(P) + "7 * 3 = 21\n", prompt(Puzzle((2, 3, 5), 30))]
@@ -34,15 +34,6 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backend(model_dir):
     return TorchBackend(model_dir)
-
-
-def forward_logprobs(backend, text, ids):
-    """Log-probs of ``ids`` after ``text`` by one plain forward pass (no cache, no padding)."""
-    head = backend._prompt_ids(text)
-    with torch.no_grad():
-        logits = backend.model(input_ids=torch.tensor([head + ids])).logits[0].float()
-    logp = torch.log_softmax(logits[len(head) - 1:-1], -1)
-    return logp.gather(-1, torch.tensor(ids)[:, None]).squeeze(-1).tolist()
 
 
 def test_sample_shapes_and_finish(backend):

@@ -14,6 +14,16 @@ from typing import Protocol, runtime_checkable
 FINISH_REASONS = ("eos", "stop", "length")
 
 
+def finish_reason(token: int, eos_id: int | None, stop_ids: set[int], line_ids: set[int] = frozenset()) -> str | None:
+    """Why generation ends at ``token`` ("eos" or "stop"), or None when it goes on: the end
+    token, a marker (``Goal Reached!`` / ``<backtrack>``), or a newline with ``stop_at_line``."""
+    if token == eos_id:
+        return "eos"
+    if token in stop_ids or token in line_ids:
+        return "stop"
+    return None
+
+
 @dataclass
 class Completion:
     """One generated continuation of a prompt.

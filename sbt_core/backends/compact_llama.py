@@ -159,8 +159,7 @@ class Body(nn.Module):
 def _config(raw: dict) -> SimpleNamespace:
     c = dict(raw)
     c.setdefault("num_key_value_heads", c["num_attention_heads"])
-    c.setdefault("head_dim", None)
-    c["head_dim"] = c["head_dim"] or c["hidden_size"] // c["num_attention_heads"]
+    c["head_dim"] = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
     c.setdefault("attention_bias", False)
     c.setdefault("mlp_bias", False)
     c.setdefault("rms_norm_eps", 1e-6)

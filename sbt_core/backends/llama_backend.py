@@ -41,7 +41,7 @@ import numpy as np
 
 from ..errors import SbtError
 from ..trace import BACKTRACK, GOAL
-from .base import Completion
+from .base import Completion, finish_reason
 from .light_tokenizer import special_ids
 
 QUANT_PREFERENCE = ("q8_0", "f16", "f32", "q4_k_m", "q4_0")
@@ -481,10 +481,9 @@ class LlamaBackend:
             for g, ni, tok, lp in zip(members, node_of.tolist(), nxt.tolist(), lps.tolist()):
                 gen_ids[g].append(tok)
                 gen_lps[g].append(lp)
-                if tok == self.eos_id:
-                    finish[g] = "eos"
-                elif tok in self.marker_ids or tok in stops:
-                    finish[g] = "stop"
+                reason = finish_reason(tok, self.eos_id, self.marker_ids, stops)
+                if reason:
+                    finish[g] = reason
                 else:
                     branches.setdefault((ni, tok), []).append(g)
             new_nodes, rows, kept = [], [], set()
@@ -557,8 +556,8 @@ class LlamaBackend:
                     cand = (toks + [tok], lps + [float(logp[b, tok])])
                     if tok in ends:
                         if rank < width:
-                            why = "eos" if tok == self.eos_id else "stop"
-                            finished.append((float(np.mean(cand[1])), cand[0], cand[1], why))
+                            finished.append((float(np.mean(cand[1])), cand[0], cand[1],
+                                             finish_reason(tok, self.eos_id, self.marker_ids)))
                     elif len(new) < width:
                         new.append((b, cand))
                 if len(finished) >= width or not new:

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from ..errors import SbtError  # noqa: E402
 from ..trace import BACKTRACK, GOAL  # noqa: E402
-from .base import Completion  # noqa: E402
+from .base import Completion, finish_reason  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -242,10 +242,9 @@ class TorchBackend:
             for row, (out, tok, lp) in enumerate(zip(alive.tolist(), nxt.tolist(), lps.tolist())):
                 gen_ids[out].append(tok)
                 gen_lps[out].append(lp)
-                if tok == self.eos_id:
-                    finish[out] = "eos"
-                elif tok in self.marker_ids or tok in stops:
-                    finish[out] = "stop"
+                reason = finish_reason(tok, self.eos_id, self.marker_ids, stops)
+                if reason:
+                    finish[out] = reason
                 else:
                     keep.append(row)
             if not keep:
@@ -275,8 +274,9 @@ class TorchBackend:
                 if t == self.pad_id and t != self.eos_id:
                     break
                 toks.append(t)
-                if t == self.eos_id or t in self.marker_ids:
-                    finish = "eos" if t == self.eos_id else "stop"
+                reason = finish_reason(t, self.eos_id, self.marker_ids)
+                if reason:
+                    finish = reason
                     break
             comps.append(Completion(self._decode(toks), toks, self._token_logprobs(prompt, toks), finish))
         return comps
