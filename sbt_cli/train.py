@@ -32,6 +32,7 @@ def train_cmd(
     precision: str = typer.Option("auto", "--precision", help="auto|fp32|bf16|bf16-master (auto: bf16-master on CPUs with bf16, bf16 autocast on CUDA)"),
     compile_: str = typer.Option("auto", "--compile", help="auto|on|off: torch.compile the training step (auto: CPU runs of 300+ steps)"),
     threads: int = typer.Option(0, "--threads", help="torch threads (0: default)"),
+    ema: float = typer.Option(0.0, "--ema", help="evaluate and save an exponential moving average of the weights with this decay per step (e.g. 0.995; 0: off)"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint"),
     quiet: bool = typer.Option(False, "--quiet", help="log lines instead of a progress bar"),
 ) -> None:
@@ -56,7 +57,7 @@ def train_cmd(
     cfg = TrainConfig(out=str(out), data_dir=str(data_dir), data=data, back_ratio=back_ratio, kind_weights=weights,
                       size=size, base_model=str(base_model) if base_model else None, train_puzzles=train_puzzles,
                       batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every or 500,
-                      eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, compile=compile_, threads=threads)
+                      eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, compile=compile_, threads=threads, ema=ema)
     if tokens is not None:
         cfg.max_tokens = int(tokens)
     if resume:

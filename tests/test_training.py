@@ -199,6 +199,54 @@ def test_resume_continues_exactly(tmp_path, tiny_data):
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
+def test_weight_average_folds_in_steps_and_restores_raw_weights():
+    import torch
+    from training.ema import WeightAverage
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    avg = WeightAverage(model, 0.5)
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+    avg.update()  # first update: decay min(0.5, 2/11) -> 2/11
+    assert torch.allclose(avg.shadow[0], torch.full((1, 2), 4.0 * 9 / 11))
+    with avg.applied():
+        assert torch.allclose(model.weight, avg.shadow[0])
+    assert torch.allclose(model.weight, torch.full((1, 2), 4.0))  # raw weights back after the block
+    with pytest.raises(ValueError):
+        WeightAverage(model, 1.0)
+
+
+def test_ema_run_saves_the_average_and_resumes_it(tmp_path, tiny_data):
+    import torch
+    from safetensors.torch import load_file
+    from training.sft import train
+
+    full = train(_cfg(tmp_path / "a", tiny_data, ema=0.9, max_tokens=20_000), log=lambda m: None)
+    assert full["config"]["ema"] == 0.9
+    state = torch.load(tmp_path / "a" / "model" / "checkpoint" / "state.pt", weights_only=False)
+    shipped = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
+    raw, shadow = state["model"], state["ema"]["shadow"]
+    names = [n for n, _ in _loaded(tmp_path / "a" / "model").named_parameters()]  # the order of the shadow
+    # the saved model is the average, not the last raw weights
+    key = "model.layers.0.mlp.down_proj.weight"
+    i = names.index(key)
+    assert torch.allclose(shipped[key], shadow[i]) and not torch.allclose(shipped[key], raw[key])
+    cut = _cfg(tmp_path / "b", tiny_data, ema=0.9, max_tokens=20_000)
+    with pytest.raises(KeyboardInterrupt):
+        train(cut, log=lambda m: None, on_step=lambda i: (_ for _ in ()).throw(KeyboardInterrupt) if i["step"] == 12 else None)
+    train(cut, resume=True, log=lambda m: None)
+    resumed = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
+    assert torch.allclose(resumed[key], shipped[key], atol=1e-5)  # the average survived the stop
+
+
+def _loaded(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
 def test_existing_checkpoint_needs_resume(tmp_path, tiny_data):
     from sbt_core.errors import SbtError
     from training.sft import train

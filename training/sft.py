@@ -7,6 +7,7 @@ output is a standard Hugging Face model directory plus ``training.json``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -24,6 +25,7 @@ from sbt_core.generate import read_puzzles
 
 from .batches import EncodedDataset, collate, iterate
 from .data import Recipe, build_examples, encode, path_examples
+from .ema import WeightAverage
 from .evaluate import greedy_accuracy
 from .model import new_model, save_model
 from .stepper import Stepper, resolve_compile, resolve_precision
@@ -53,6 +55,7 @@ class TrainConfig:
     compile: str = "auto"  # auto | on | off: torch.compile the training step
     attn: str = "eager"
     threads: int = 0
+    ema: float = 0.0  # decay of the weight average that is evaluated and saved (0: off; see training/ema.py)
     # a JSONL of {"numbers", "target", "steps": ["a op b = c", ...]}: train D_op on these
     # given paths (e.g. verified search outputs, `sbt iterate`) instead of solver paths
     paths_file: str | None = None
@@ -164,12 +167,20 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98),
                             fused=device.type == "cuda")
     state = TrainState()
+    saved = None
     if resume:
         saved = torch.load(ckpt / "state.pt", weights_only=False)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         state = TrainState(**saved["train_state"])
         log(f"resumed at step {state.step:,} ({state.tokens:,} tokens)")
+    try:
+        average = WeightAverage(model, cfg.ema) if cfg.ema else None
+    except ValueError as exc:
+        raise SbtError(str(exc)) from None
+    if average and saved and saved.get("ema"):
+        average.load_state_dict(saved["ema"])
+    shipped = average.applied if average else contextlib.nullcontext
     avg_len = data.n_tokens / len(data)
     total_steps = max(1, int(cfg.max_tokens / (avg_len * cfg.batch_size)))
     try:
@@ -186,11 +197,13 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         state.wall_s = time.time() - t_start
         tmp = ckpt / "state.pt.tmp"
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "train_state": asdict(state), "config": asdict(cfg)}, tmp)
+                    "train_state": asdict(state), "config": asdict(cfg),
+                    "ema": average.state_dict() if average else None}, tmp)
         os.replace(tmp, ckpt / "state.pt")
 
     def evaluate():
-        rep = greedy_accuracy(model, tok, val)
+        with shipped():
+            rep = greedy_accuracy(model, tok, val)
         point = {"step": state.step, "tokens": state.tokens, "wall_s": round(time.time() - t_start, 1),
                  "loss": round(loss_ema, 4) if loss_ema is not None else None, "val_greedy": rep.accuracy,
                  "val_ended_backtrack": rep.to_json()["ended_backtrack"]}
@@ -199,7 +212,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         best_file = out / "best" / "best.json"
         best = json.loads(best_file.read_text())["val_greedy"] if best_file.is_file() else -1.0
         if rep.accuracy > best:  # keep the best-on-val model too (model selection on val only)
-            save_model(model, tok, out / "best")
+            with shipped():
+                save_model(model, tok, out / "best")
             (out / "best" / "best.json").write_text(json.dumps(point) + "\n")
 
     for step, epoch, batch in iterate(data, cfg.batch_size, cfg.seed, state.step):
@@ -209,6 +223,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             g["lr"] = lr_at(cfg, step, total_steps)
         inputs = {k: v.to(device) for k, v in collate(data, batch, tok.pad_token_id, stepper.pad_multiple).items()}
         loss = stepper.step(inputs)
+        if average:
+            average.update()
         n_tok = int(inputs["attention_mask"].sum())
         state.step, state.tokens = step + 1, state.tokens + n_tok
         tokens_window += n_tok
@@ -226,7 +242,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     if not state.curve or state.curve[-1]["step"] != state.step:
         evaluate()
     checkpoint()
-    save_model(model, tok, out)
+    with shipped():
+        save_model(model, tok, out)
     report = {
         "command": os.environ.get("SBT_TRAIN_COMMAND", ""),
         "config": asdict(cfg),
