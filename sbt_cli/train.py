@@ -19,6 +19,7 @@ def train_cmd(
     data: str = typer.Option("op+back", "--data", help="op (SFT baseline) or op+back (self-backtracking)"),
     back_ratio: float = typer.Option(1.0, "--back-ratio", help="|D_back| / |D_op|"),
     kinds: str = typer.Option("1:2:2", "--kinds", help="exploration:computational:rule error weights"),
+    goal_forcing: float = typer.Option(0.5, "--goal-forcing", help="share of computational errors that are a last step claiming the target with wrong arithmetic"),
     size: str = typer.Option("small", "--size", help="tiny|small|medium|large (ignored with --base-model)"),
     base_model: Optional[Path] = typer.Option(None, "--base-model", help="fine-tune a local HF causal-LM dir"),
     train_puzzles: Optional[int] = typer.Option(None, "--train-puzzles", help="use the first N train puzzles"),
@@ -54,7 +55,7 @@ def train_cmd(
     data_dir = data_dir or Path("data") / f"countdown{numbers}"
     if not (data_dir / "train.jsonl").is_file():
         raise SbtError(f"no training data in {data_dir}; run: sbt data generate --numbers {numbers} --out {data_dir}")
-    cfg = TrainConfig(out=str(out), data_dir=str(data_dir), data=data, back_ratio=back_ratio, kind_weights=weights,
+    cfg = TrainConfig(out=str(out), data_dir=str(data_dir), data=data, back_ratio=back_ratio, kind_weights=weights, goal_forcing=goal_forcing,
                       size=size, base_model=str(base_model) if base_model else None, train_puzzles=train_puzzles,
                       batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every or 500,
                       eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, compile=compile_, threads=threads, ema=ema)
@@ -63,7 +64,9 @@ def train_cmd(
     if resume:
         saved = out / "checkpoint" / "state.pt"
         if saved.is_file():
-            cfg = TrainConfig(**torch.load(saved, weights_only=False)["config"])
+            saved_cfg = torch.load(saved, weights_only=False)["config"]
+            saved_cfg.setdefault("goal_forcing", 0.0)  # checkpoints from before the option: their data had none
+            cfg = TrainConfig(**saved_cfg)
             if tokens is not None:
                 cfg.max_tokens = int(tokens)
             if eval_every:

@@ -79,6 +79,34 @@ def test_generated_examples_are_right_and_wrong_as_labelled(seed):
             assert partial.failure in (Failure.UNKNOWN_NUMBER, Failure.ILLEGAL_OPERATION)
 
 
+def test_goal_forcing_errors_claim_the_target_on_the_last_step():
+    rng = random.Random(3)
+    forced = computational = 0
+    for _ in range(300):
+        numbers = tuple(rng.randint(1, 40) for _ in range(4))
+        target = rng.randint(1, 80)
+        if not is_solvable(numbers, target):
+            continue
+        p = Puzzle(numbers, target)
+        for ex in examples_for(p, Recipe(kind_weights=(0, 1, 0), goal_forcing=0.5), rng):
+            if ex.kind != "computational":
+                continue
+            computational += 1
+            *prefix, wrong = parse_response(ex.response).steps
+            state = tuple(sorted(p.numbers))
+            for s in prefix:
+                state = apply_step(state, s)
+            if len(state) == 2 and wrong.result == target:
+                forced += 1
+                assert sorted((wrong.a, wrong.b)) == sorted(state) and wrong.is_legal and not wrong.is_correct
+                assert ex.text.endswith(f"{wrong}\n<backtrack>") and (len(ex.prompt) + len(
+                    "".join(f"{s}\n" for s in prefix)), len(ex.prompt) + len("".join(f"{s}\n" for s in prefix))
+                    + len(f"{wrong}\n")) in ex.masked  # the fake step is masked, <backtrack> trained
+    assert computational > 100 and 0.4 < forced / computational < 0.65
+    with pytest.raises(ValueError):
+        Recipe(goal_forcing=1.5)
+
+
 def test_kind_ratio_roughly_follows_weights():
     rng = random.Random(1)
     from collections import Counter

@@ -29,10 +29,15 @@ class Recipe:
     data: str = "op+back"
     back_ratio: float = 1.0  # |D_back| / |D_op|
     kind_weights: tuple[float, float, float] = (1.0, 2.0, 2.0)  # exploration : computational : rule
+    # the share of computational errors that are a last step claiming the target with wrong
+    # arithmetic ("29 + 41 = 80"): the models' most common false "Goal Reached!"
+    goal_forcing: float = 0.5
 
     def __post_init__(self) -> None:
         if self.data not in ("op", "op+back"):
             raise ValueError(f"--data must be 'op' or 'op+back', got {self.data!r}")
+        if not 0.0 <= self.goal_forcing <= 1.0:
+            raise ValueError(f"--goal-forcing must be between 0 and 1, got {self.goal_forcing}")
         self.kind_weights = tuple(float(w) for w in self.kind_weights)
 
     def to_json(self) -> dict:
@@ -85,6 +90,18 @@ def computational_error(state: tuple[int, ...], rng: random.Random) -> Step | No
     return None
 
 
+def goal_forcing_error(state: tuple[int, ...], target: int, rng: random.Random) -> Step | None:
+    """The last two numbers, a legal operation, and the target written as its result although
+    the operation does not give it (a computational error that fakes the goal)."""
+    if len(state) != 2:
+        return None
+    moves = [s for s in legal_steps(state) if s.result != target]
+    if not moves:
+        return None
+    s = rng.choice(moves)
+    return Step(s.a, s.op, s.b, target)
+
+
 def rule_violation(state: tuple[int, ...], puzzle: Puzzle, rng: random.Random) -> Step | None:
     """A step that breaks a rule: an unavailable number, negative subtraction or inexact division."""
     options = []
@@ -132,12 +149,16 @@ def examples_for(puzzle: Puzzle, recipe: Recipe, rng: random.Random) -> list[Exa
     n_back = int(recipe.back_ratio) + (rng.random() < recipe.back_ratio % 1)
     for _ in range(n_back):
         kind = rng.choices(ERROR_KINDS, weights=recipe.kind_weights)[0]
+        forcing = kind == "computational" and rng.random() < recipe.goal_forcing
         for attempt in range(len(ERROR_KINDS) * 4):
-            k = rng.randrange(len(path))
+            k = len(path) - 1 if forcing else rng.randrange(len(path))
             state = tuple(sorted(puzzle.numbers))
             for step in path[:k]:
                 state = apply_step(state, step)
-            wrong = wrong_step(kind, state, puzzle, rng)
+            if forcing:
+                wrong, forcing = goal_forcing_error(state, puzzle.target, rng), False
+            else:
+                wrong = wrong_step(kind, state, puzzle, rng)
             if wrong is not None:
                 out.append(back_example(puzzle, path[:k], wrong, kind))
                 break

@@ -38,6 +38,7 @@ class TrainConfig:
     data: str = "op+back"
     back_ratio: float = 1.0
     kind_weights: tuple = (1.0, 2.0, 2.0)
+    goal_forcing: float = 0.5  # share of computational errors that fake the goal (training/data.py)
     size: str = "small"
     base_model: str | None = None
     train_puzzles: int | None = None
@@ -61,7 +62,7 @@ class TrainConfig:
     paths_file: str | None = None
 
     def recipe(self) -> Recipe:
-        return Recipe(self.data, self.back_ratio, tuple(self.kind_weights))
+        return Recipe(self.data, self.back_ratio, tuple(self.kind_weights), self.goal_forcing)
 
 
 @dataclass
