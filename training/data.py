@@ -149,7 +149,8 @@ def examples_for(puzzle: Puzzle, recipe: Recipe, rng: random.Random) -> list[Exa
     n_back = int(recipe.back_ratio) + (rng.random() < recipe.back_ratio % 1)
     for _ in range(n_back):
         kind = rng.choices(ERROR_KINDS, weights=recipe.kind_weights)[0]
-        forcing = kind == "computational" and rng.random() < recipe.goal_forcing
+        # (no draw when the option is off: the same examples as before it existed)
+        forcing = kind == "computational" and recipe.goal_forcing > 0 and rng.random() < recipe.goal_forcing
         for attempt in range(len(ERROR_KINDS) * 4):
             k = len(path) - 1 if forcing else rng.randrange(len(path))
             state = tuple(sorted(puzzle.numbers))
