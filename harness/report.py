@@ -152,8 +152,33 @@ def leaderboard(store: Store, *, split: str | None = None, model: str | None = N
             backtracks_per_puzzle=r["backtracks"], model_calls_per_puzzle=r["model_calls"],
             failures=fails.get(r["id"], {}), git_sha=r["git_sha"], started=r["started"],
         ))
+    _tell_weights_apart(rows)
     rows.sort(key=lambda x: (x.split, x.model or "", -(x.accuracy or 0), x.method, x.label, x.seed))
     return rows
+
+
+def _tell_weights_apart(rows: list[LeaderRow]) -> None:
+    """A model name that was run with different weights (a retrained ``countdown4-backtrack``)
+    is shown as ``NAME@SHA8`` per checkpoint, so its rows and scaling curves never mix; the
+    weights now shipped under that name in models/ keep the plain name."""
+    shas: dict[str, set[str]] = {}
+    for r in rows:
+        if r.model:
+            shas.setdefault(r.model, set()).add(r.model_sha256 or "")
+    shipped = {name: _shipped_sha(name) for name, seen in shas.items() if len(seen) > 1}
+    for r in rows:
+        if r.model in shipped and r.model_sha256 != shipped[r.model]:
+            r.model = f"{r.model}@{(r.model_sha256 or 'unknown')[:8]}"
+
+
+def _shipped_sha(name: str) -> str | None:
+    from sbt_core.models import model_sha256, models_dir
+
+    path = models_dir() / name
+    try:
+        return model_sha256(path) if (path / "config.json").is_file() else None
+    except Exception:  # an unreadable directory: no name is kept plain
+        return None
 
 
 # --------------------------------------------------------------------------- scaling curves

@@ -89,6 +89,24 @@ def test_leaderboard_aggregates(store):
     assert build_report(store, model="nope").rows == []
 
 
+def test_retrained_model_name_keeps_its_checkpoints_apart(store, monkeypatch):
+    params = {**METHODS["greedy"].defaults}
+    run, _ = store.get_or_create_run({"method": "greedy", "params": params, "model": "tiny", "model_sha256": "cd" * 32,
+                                      "backend": "torch", "split": "test_new", "puzzles": "data/countdown4/test_new.jsonl",
+                                      "puzzles_sha256": "test_new", "seed": 0, "n_puzzles": 10})
+    store.add_result(run["id"], {"puzzle_index": 0, "numbers": [1, 2, 3, 4], "target": 10, "solved": True,
+                                 "failure": None, "steps": [], "tokens": 5, "wall_ms": 1.0, "backtracks": 0,
+                                 "model_calls": 1})
+    from harness.report import leaderboard
+
+    models = {r.model for r in leaderboard(store) if r.model}
+    assert models == {"tiny@abababab", "tiny@cdcdcdcd"}
+    assert {r.model for r in leaderboard(store, model="tiny")} == {"tiny@abababab", "tiny@cdcdcdcd"}
+    # the weights shipped in models/ under that name keep the plain name
+    monkeypatch.setattr("harness.report._shipped_sha", lambda name: "cd" * 32)
+    assert {r.model for r in leaderboard(store) if r.model} == {"tiny@abababab", "tiny"}
+
+
 def test_scaling_curves(store):
     curves = {(c.axis, c.name, c.split): c for c in scaling_curves(build_report(store).rows)}
     assert set(curves) == {("n", "best-of-n", "test_new"), ("n", "self-backtrack b=1", "test_new"),
