@@ -66,8 +66,14 @@ def test_generated_examples_are_right_and_wrong_as_labelled(seed):
         assert resp.backtracked
         *prefix, wrong = resp.steps
         state = tuple(sorted(p.numbers))
-        for s in prefix:  # the prefix is a correct partial solution
+        for s in prefix:  # the prefix: correct steps (a partial solution, except before a goal claim)
+            assert s.is_legal and s.is_correct
             state = apply_step(state, s)
+        if ex.kind == "goal-claim":  # a dead end, then the nearest operation claiming the target
+            assert len(state) == 2 and not is_solvable(state, target)
+            assert sorted((wrong.a, wrong.b)) == sorted(state) and wrong.result == target and not wrong.is_correct
+            assert ex.masked == [(0, len(ex.text) - len("<backtrack>"))]  # only <backtrack> (and eos) trained
+            continue
         assert is_solvable(state, target)
         partial = verify(Puzzle(state, target), [wrong])
         if ex.kind == "exploration":
@@ -81,7 +87,7 @@ def test_generated_examples_are_right_and_wrong_as_labelled(seed):
 
 def test_goal_forcing_errors_claim_the_target_on_the_last_step():
     rng = random.Random(3)
-    forced = computational = 0
+    forced = computational = claims = 0
     for _ in range(300):
         numbers = tuple(rng.randint(1, 40) for _ in range(4))
         target = rng.randint(1, 80)
@@ -89,6 +95,10 @@ def test_goal_forcing_errors_claim_the_target_on_the_last_step():
             continue
         p = Puzzle(numbers, target)
         for ex in examples_for(p, Recipe(kind_weights=(0, 1, 0), goal_forcing=0.5), rng):
+            if ex.kind == "goal-claim":
+                computational += 1
+                claims += 1
+                continue
             if ex.kind != "computational":
                 continue
             computational += 1
@@ -102,7 +112,9 @@ def test_goal_forcing_errors_claim_the_target_on_the_last_step():
                 assert ex.text.endswith(f"{wrong}\n<backtrack>") and (len(ex.prompt) + len(
                     "".join(f"{s}\n" for s in prefix)), len(ex.prompt) + len("".join(f"{s}\n" for s in prefix))
                     + len(f"{wrong}\n")) in ex.masked  # the fake step is masked, <backtrack> trained
-    assert computational > 100 and 0.4 < forced / computational < 0.65
+    # half the goal-forcing examples on the solution path, half after a dead end
+    assert computational > 100 and 0.35 < (forced + claims) / computational < 0.65
+    assert 0.15 < claims / computational < 0.35 and 0.15 < forced / computational < 0.35
     with pytest.raises(ValueError):
         Recipe(goal_forcing=1.5)
 
@@ -119,7 +131,7 @@ def test_kind_ratio_roughly_follows_weights():
         sol = solve(Puzzle(p.numbers, 50))
         if sol:
             kinds.update(e.kind for e in examples_for(Puzzle(p.numbers, 50), Recipe(), rng))
-    back = kinds["exploration"] + kinds["computational"] + kinds["rule"]
+    back = kinds["exploration"] + kinds["computational"] + kinds["goal-claim"] + kinds["rule"]
     assert abs(back / kinds["op"] - 1.0) < 0.05
     assert 0.1 < kinds["exploration"] / back < 0.3
 

@@ -30,7 +30,9 @@ class Recipe:
     back_ratio: float = 1.0  # |D_back| / |D_op|
     kind_weights: tuple[float, float, float] = (1.0, 2.0, 2.0)  # exploration : computational : rule
     # the share of computational errors that are a last step claiming the target with wrong
-    # arithmetic ("29 + 41 = 80"): the models' most common false "Goal Reached!"
+    # arithmetic ("29 + 41 = 80"): the models' most common false "Goal Reached!". Half of
+    # them follow the solution path's prefix; half follow a dead end ("goal-claim" examples,
+    # see dead_end_goal_claim), with everything but <backtrack> and the end token masked.
     goal_forcing: float = 0.5
 
     def __post_init__(self) -> None:
@@ -61,11 +63,14 @@ def op_example(puzzle: Puzzle, path: list[Step]) -> Example:
     return Example(p, render_solution(path), "op", [(0, len(p))])
 
 
-def back_example(puzzle: Puzzle, prefix: list[Step], wrong: Step, kind: str) -> Example:
+def back_example(puzzle: Puzzle, prefix: list[Step], wrong: Step, kind: str, train_prefix: bool = True) -> Example:
+    """``train_prefix=False`` masks the prefix too (a prefix off every solution path, which
+    the model must not learn to write): only ``<backtrack>`` and the end token are trained."""
     p = prompt(puzzle)
     start = len(p) + len(render_steps(prefix))
     end = start + len(f"{wrong}\n")
-    return Example(p, render_backtrack(prefix, wrong), kind, [(0, len(p)), (start, end)])
+    masked = [(0, len(p)), (start, end)] if train_prefix else [(0, end)]
+    return Example(p, render_backtrack(prefix, wrong), kind, masked)
 
 
 # ---- wrong steps -----------------------------------------------------------------
@@ -100,6 +105,27 @@ def goal_forcing_error(state: tuple[int, ...], target: int, rng: random.Random) 
         return None
     s = rng.choice(moves)
     return Step(s.a, s.op, s.b, target)
+
+
+def dead_end_goal_claim(puzzle: Puzzle, rng: random.Random) -> tuple[list[Step], Step] | None:
+    """The models' own false "Goal Reached!": correct steps chosen at random until two
+    numbers are left from which the target cannot be reached, then the operation whose
+    result is NEAREST the target, with the target written as its result ("171 - 90 = 80").
+    Returns (prefix, wrong step) or None when the random prefix did not reach a dead end."""
+    state = tuple(sorted(puzzle.numbers))
+    prefix: list[Step] = []
+    while len(state) > 2:
+        moves = legal_steps(state)
+        if not moves:
+            return None
+        prefix.append(rng.choice(moves))
+        state = apply_step(state, prefix[-1])
+    moves = legal_steps(state)
+    if not moves or any(m.result == puzzle.target for m in moves):
+        return None
+    gap = min(abs(m.result - puzzle.target) for m in moves)
+    s = rng.choice([m for m in moves if abs(m.result - puzzle.target) == gap])
+    return prefix, Step(s.a, s.op, s.b, puzzle.target)
 
 
 def rule_violation(state: tuple[int, ...], puzzle: Puzzle, rng: random.Random) -> Step | None:
@@ -151,6 +177,15 @@ def examples_for(puzzle: Puzzle, recipe: Recipe, rng: random.Random) -> list[Exa
         kind = rng.choices(ERROR_KINDS, weights=recipe.kind_weights)[0]
         # (no draw when the option is off: the same examples as before it existed)
         forcing = kind == "computational" and recipe.goal_forcing > 0 and rng.random() < recipe.goal_forcing
+        if forcing and rng.random() < 0.5:  # half of them after a dead end, off the solution path
+            claim = None
+            for _ in range(8):
+                claim = dead_end_goal_claim(puzzle, rng)
+                if claim:
+                    out.append(back_example(puzzle, claim[0], claim[1], "goal-claim", train_prefix=False))
+                    break
+            if claim:
+                continue
         for attempt in range(len(ERROR_KINDS) * 4):
             k = len(path) - 1 if forcing else rng.randrange(len(path))
             state = tuple(sorted(puzzle.numbers))
