@@ -340,3 +340,18 @@ def test_verifier_stats_precision_and_recall():
     assert stats.ended_backtrack == 4
     assert stats.precision == 3 / 4
     assert stats.recall == 3 / 4
+
+
+def test_model_card_names_the_base_model_and_the_weight_average(tmp_path):
+    from training.model_card import render
+
+    info = {"config": {"data": "op+back", "data_dir": str(tmp_path), "size": "small", "batch_size": 256, "lr": 5e-4,
+                       "warmup_steps": 200, "seed": 2, "base_model": "models/countdown4-backtrack", "ema": 0.995},
+            "data": {"train_file": "t.jsonl", "examples": 10, "example_tokens": 400, "recipe": {"data": "op+back"}},
+            "params": 3_400_000, "steps": 5, "tokens": 1000, "wall_s": 60, "precision": "fp32", "hardware": "CPU",
+            "versions": {"torch": "x", "transformers": "y"}, "command": "sbt train --base-model models/countdown4-backtrack",
+            "curve": [{"step": 5, "tokens": 1000, "wall_s": 60, "loss": 0.2, "val_greedy": 0.5, "val_ended_backtrack": 0.1}]}
+    (tmp_path / "training.json").write_text(json.dumps(info))
+    card = render(tmp_path)
+    assert "fine-tuned from `models/countdown4-backtrack`" in card and "from scratch" not in card
+    assert "EMA decay 0.995" in card and "| 5 | 1,000 | 1.0 | 0.2 | 50.0% | 10.0% |" in card

@@ -16,8 +16,10 @@ def render(model_dir: Path, accuracy: list[dict] | None = None) -> str:
     lines = [
         f"# {model_dir.name}",
         "",
-        f"A {info['params'] / 1e6:.1f}M-parameter Llama-architecture causal LM trained from scratch by `sbt train` "
-        f"on Countdown ({'optimal paths only (SFT baseline)' if cfg['data'] == 'op' else 'optimal paths + backtracking examples (self-backtracking)'}).",
+        f"A {info['params'] / 1e6:.1f}M-parameter Llama-architecture causal LM "
+        + (f"fine-tuned from `{cfg['base_model']}` by `sbt train --base-model` " if cfg.get("base_model")
+           else "trained from scratch by `sbt train` ")
+        + f"on Countdown ({'optimal paths only (SFT baseline)' if cfg['data'] == 'op' else 'optimal paths + backtracking examples (self-backtracking)'}).",
         "",
         "## Reproduce",
         "",
@@ -31,7 +33,7 @@ def render(model_dir: Path, accuracy: list[dict] | None = None) -> str:
         f"- data: `{data['train_file']}`, {data['examples']:,} examples ({data['example_tokens']:,} tokens), "
         f"recipe {json.dumps(data['recipe'])}",
         f"- model size `{cfg['size']}`, batch {cfg['batch_size']}, lr {cfg['lr']} (cosine, warm-up {cfg['warmup_steps']}), "
-        f"seed {cfg['seed']}",
+        f"seed {cfg['seed']}" + (f", weights averaged (EMA decay {cfg['ema']}; evaluated and saved)" if cfg.get("ema") else ""),
         f"- {info['steps']:,} steps, {info['tokens']:,} training tokens, {info['wall_s'] / 60:.1f} minutes, "
         f"{info['precision']}",
         f"- hardware: {info['hardware']}; torch {info['versions']['torch']}, transformers {info['versions']['transformers']}",
