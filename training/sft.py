@@ -92,7 +92,8 @@ def _load_tokenizer_and_model(cfg: TrainConfig, device):
             model = AutoModelForCausalLM.from_pretrained(base)
         except Exception as exc:  # corrupt or foreign checkpoint
             raise SbtError(f"--base-model {base}: cannot load ({type(exc).__name__}: {str(exc)[:120]})") from None
-        tok.add_special_tokens({"additional_special_tokens": [BACKTRACK]})
+        if BACKTRACK not in tok.get_vocab():  # (a model of ours already has it: keep its tokenizer as it is)
+            tok.add_special_tokens({"additional_special_tokens": [BACKTRACK]})
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         if tok.bos_token is None:
