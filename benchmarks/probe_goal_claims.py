@@ -29,7 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from sbt_core.backends.torch_backend import TorchBackend  # noqa: E402
-from sbt_core.countdown import apply_op, apply_step, parse_step  # noqa: E402
+from sbt_core.countdown import apply_step, parse_step  # noqa: E402
 from sbt_core.generate import read_puzzles  # noqa: E402
 from sbt_core.models import resolve_model  # noqa: E402
 from sbt_core.solver import random_solution  # noqa: E402
@@ -70,7 +70,7 @@ def main() -> None:
         for c in tb.sample([prompt(p)], 8, 0.7, 96, seed=i)[0]:
             r = parse_response(c.text)
             s = parse_step(r.lines[-1]) if r.reached_goal and r.lines else None
-            if s and s.result == p.target and apply_op(s.a, s.op, s.b) != s.result:
+            if s and s.result == p.target and not s.is_correct:
                 kinds["the model's own claim"].append(next_token_probs(tb, p, r.lines, ids))
                 break
     print(f"{args.model}: next token after the last step ({len(puzzles)} puzzles)")

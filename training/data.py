@@ -178,21 +178,18 @@ def examples_for(puzzle: Puzzle, recipe: Recipe, rng: random.Random) -> list[Exa
         # (no draw when the option is off: the same examples as before it existed)
         forcing = kind == "computational" and recipe.goal_forcing > 0 and rng.random() < recipe.goal_forcing
         if forcing and rng.random() < 0.5:  # half of them after a dead end, off the solution path
-            claim = None
-            for _ in range(8):
-                claim = dead_end_goal_claim(puzzle, rng)
-                if claim:
-                    out.append(back_example(puzzle, claim[0], claim[1], "goal-claim", train_prefix=False))
-                    break
+            claim = next(filter(None, (dead_end_goal_claim(puzzle, rng) for _ in range(8))), None)
             if claim:
+                out.append(back_example(puzzle, *claim, "goal-claim", train_prefix=False))
                 continue
         for attempt in range(len(ERROR_KINDS) * 4):
-            k = len(path) - 1 if forcing else rng.randrange(len(path))
+            claim_goal = forcing and attempt == 0  # on the path: the last step (then the usual kinds)
+            k = len(path) - 1 if claim_goal else rng.randrange(len(path))
             state = tuple(sorted(puzzle.numbers))
             for step in path[:k]:
                 state = apply_step(state, step)
-            if forcing:
-                wrong, forcing = goal_forcing_error(state, puzzle.target, rng), False
+            if claim_goal:
+                wrong = goal_forcing_error(state, puzzle.target, rng)
             else:
                 wrong = wrong_step(kind, state, puzzle, rng)
             if wrong is not None:
