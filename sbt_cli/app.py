@@ -98,7 +98,7 @@ from . import solve as _solve  # noqa: E402
 app.command("solve")(_solve.solve)
 app.add_typer(_data.app, name="data")
 
-for _optional in ("train", "bench", "iterate", "tui", "export"):
+for _optional in ("train", "harvest", "bench", "iterate", "tui", "export"):
     try:
         __import__(f"sbt_cli.{_optional}")
     except ModuleNotFoundError as exc:

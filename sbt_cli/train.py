@@ -22,7 +22,8 @@ def train_cmd(
     goal_forcing: float = typer.Option(0.5, "--goal-forcing", help="share of computational errors that are a last step claiming the target with wrong arithmetic"),
     size: str = typer.Option("small", "--size", help="tiny|small|medium|large (ignored with --base-model)"),
     base_model: Optional[Path] = typer.Option(None, "--base-model", help="fine-tune a local HF causal-LM dir"),
-    train_puzzles: Optional[int] = typer.Option(None, "--train-puzzles", help="use the first N train puzzles"),
+    train_puzzles: Optional[int] = typer.Option(None, "--train-puzzles", help="use the first N train puzzles (with --paths: the first N paths)"),
+    paths: Optional[Path] = typer.Option(None, "--paths", help="train on the verified solution paths in this JSONL ({numbers, target, steps} per line, e.g. `sbt harvest` output) instead of solver paths; with --data op+back the backtracking examples are built on them"),
     tokens: Optional[float] = typer.Option(None, "--tokens", help="training tokens to process (default 50M)"),
     batch_size: int = typer.Option(256, "--batch-size"),
     lr: float = typer.Option(2e-3, "--lr"),
@@ -58,7 +59,8 @@ def train_cmd(
     cfg = TrainConfig(out=str(out), data_dir=str(data_dir), data=data, back_ratio=back_ratio, kind_weights=weights, goal_forcing=goal_forcing,
                       size=size, base_model=str(base_model) if base_model else None, train_puzzles=train_puzzles,
                       batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every or 500,
-                      eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, compile=compile_, threads=threads, ema=ema)
+                      eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, compile=compile_, threads=threads, ema=ema,
+                      paths_file=str(paths) if paths else None)
     if tokens is not None:
         cfg.max_tokens = int(tokens)
     if resume:
@@ -71,6 +73,8 @@ def train_cmd(
                 cfg.max_tokens = int(tokens)
             if eval_every:
                 cfg.eval_every = eval_every
+            if threads:  # how many threads is the machine's business, not the experiment's
+                cfg.threads = threads
     try:
         cfg.recipe()
     except ValueError as exc:

@@ -21,28 +21,18 @@ import harness.iterate as hit
 from harness.iterate import IterateConfig, Iteration, train_slice, verified_paths
 from harness.store import open_store
 from sbt_cli.app import app
-from sbt_core.backends.scripted import ScriptedBackend, solver_continuation
+from sbt_core.backends.scripted import ScriptedBackend
 from sbt_core.countdown import Puzzle, verify
 from sbt_core.generate import read_puzzles
-from sbt_core.trace import render_solution
+
+from _train_fixtures import countdown3_data, half_right
 
 runner = CliRunner()
 
 
-def half_right(puzzle: Puzzle, prefix: list) -> str:
-    """A perfect model on even targets; on odd ones a wrong answer that claims the goal."""
-    if puzzle.target % 2 == 0:
-        return solver_continuation(puzzle, prefix)
-    return render_solution([f"{puzzle.numbers[0]} + 1 = {puzzle.numbers[0] + 1}"])
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    from sbt_core.generate import GeneratorConfig, generate
-
-    d = tmp_path_factory.mktemp("iterdata") / "countdown3"
-    generate(GeneratorConfig(n_numbers=3, sizes={"train": 30, "val": 4, "test_seen": 4, "test_new": 4}), d, workers=1)
-    return d
+    return countdown3_data(tmp_path_factory, "iterdata", 30)
 
 
 @pytest.fixture(scope="module")

@@ -164,9 +164,12 @@ def wrong_step(kind: str, state: tuple[int, ...], puzzle: Puzzle, rng: random.Ra
 
 # ---- building a data set ----------------------------------------------------------
 
-def examples_for(puzzle: Puzzle, recipe: Recipe, rng: random.Random) -> list[Example]:
-    """D_op example for the puzzle and, by the recipe's ratio, D_back examples on its path."""
-    path = random_solution(puzzle, rng)
+def examples_for(puzzle: Puzzle, recipe: Recipe, rng: random.Random,
+                 path: list[Step] | None = None) -> list[Example]:
+    """D_op example for the puzzle and, by the recipe's ratio, D_back examples on its path:
+    ``path`` when given (a verified path), else a random solver path."""
+    if path is None:
+        path = random_solution(puzzle, rng)
     if path is None:
         return []
     out = [op_example(puzzle, path)]
@@ -206,14 +209,18 @@ def build_examples(puzzles: Iterable[Puzzle], recipe: Recipe, seed: int) -> Iter
         yield from examples_for(puzzle, recipe, rng)
 
 
-def path_examples(path, limit: int | None = None) -> tuple[list[Example], int]:
-    """D_op examples from GIVEN solution paths instead of solver paths (``sbt iterate``
-    trains on verified search outputs): a JSONL file of ``{"numbers": [...], "target": T,
-    "steps": ["a op b = c", ...]}``. A line that is not such an object, or whose steps do not
-    verify (``sbt_core.countdown.verify``), is dropped. Returns (examples, dropped count);
-    ``limit`` keeps the first ``limit`` examples."""
+def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
+                  seed: int = 0) -> tuple[list[Example], int]:
+    """Examples from GIVEN solution paths instead of solver paths (``sbt iterate`` and
+    ``sbt train --paths`` train on verified search outputs): a JSONL file of
+    ``{"numbers": [...], "target": T, "steps": ["a op b = c", ...]}``. A line that is not
+    such an object, or whose steps do not verify (``sbt_core.countdown.verify``), is
+    dropped. Without ``recipe`` (or with data "op") each path is one D_op example; with an
+    op+back recipe the D_back examples are built on the given path as on a solver path.
+    Returns (examples, dropped count); ``limit`` keeps the first ``limit`` paths."""
     out: list[Example] = []
-    dropped = 0
+    dropped = kept = 0
+    rng = random.Random(f"data-{seed}")
     try:
         f = open(path, encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
@@ -222,7 +229,7 @@ def path_examples(path, limit: int | None = None) -> tuple[list[Example], int]:
         for line in f:
             if not line.strip():
                 continue
-            if limit is not None and len(out) >= limit:
+            if limit is not None and kept >= limit:
                 break
             try:
                 obj = json.loads(line)
@@ -234,7 +241,8 @@ def path_examples(path, limit: int | None = None) -> tuple[list[Example], int]:
             if not steps or any(s is None for s in steps) or not verify(puzzle, steps).ok:
                 dropped += 1
                 continue
-            out.append(op_example(puzzle, steps))
+            kept += 1
+            out.extend(examples_for(puzzle, recipe, rng, steps) if recipe else [op_example(puzzle, steps)])
     return out, dropped
 
 

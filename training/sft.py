@@ -57,8 +57,9 @@ class TrainConfig:
     attn: str = "eager"
     threads: int = 0
     ema: float = 0.0  # decay of the weight average that is evaluated and saved (0: off; see training/ema.py)
-    # a JSONL of {"numbers", "target", "steps": ["a op b = c", ...]}: train D_op on these
-    # given paths (e.g. verified search outputs, `sbt iterate`) instead of solver paths
+    # a JSONL of {"numbers", "target", "steps": ["a op b = c", ...]}: train on these given
+    # paths (e.g. verified search outputs: `sbt iterate`, `sbt train --paths`) instead of
+    # solver paths; with data "op+back" the D_back examples are built on them too
     paths_file: str | None = None
 
     def recipe(self) -> Recipe:
@@ -121,13 +122,14 @@ def _dataset(cfg: TrainConfig, tok, log) -> EncodedDataset:
         return data
     paths_info = None
     if cfg.paths_file:
-        examples, dropped = path_examples(cfg.paths_file, cfg.train_puzzles)
-        log(f"{len(examples):,} D_op examples from the paths in {cfg.paths_file} "
+        examples, dropped = path_examples(cfg.paths_file, cfg.train_puzzles, cfg.recipe(), cfg.seed)
+        kept = sum(ex.kind == "op" for ex in examples)
+        log(f"{len(examples):,} examples ({cfg.data}) from {kept:,} paths in {cfg.paths_file} "
             f"({dropped:,} dropped: not verified)")
         if not examples:
             raise SbtError(f"{cfg.paths_file}: no verified paths to train on ({dropped:,} dropped)")
         pairs = [encode(ex, tok) for ex in examples]
-        paths_info = {"file": cfg.paths_file, "kept": len(examples), "dropped": dropped}
+        paths_info = {"file": cfg.paths_file, "kept": kept, "dropped": dropped}
     else:
         train_file = Path(cfg.data_dir) / "train.jsonl"
         puzzles = read_puzzles(train_file, cfg.train_puzzles)

@@ -1,0 +1,141 @@
+"""Rejection sampling on TRAIN puzzles: ``sbt harvest``.
+
+For each puzzle of a seeded slice of ``<data>/train.jsonl`` the model draws ``n`` samples;
+the samples that end in ``Goal Reached!`` AND pass the strict verifier are the puzzle's
+verified paths, and the one the model likes best (highest mean token log-prob) is written
+as one line ``{"numbers", "target", "steps", "train_index", "verified", "mean_logprob"}``
+of a paths file that ``sbt train --paths`` trains on (with ``--data op+back`` the
+backtracking examples are built on these paths). Puzzles with no verified sample are
+skipped. This is the verifier used as a *data filter on training puzzles* (rejection
+sampling / STaR, as in the paper's expert iteration), never on evaluation splits: the
+slice refuses puzzles that are also in val / test_seen / test_new.
+
+Resumable: ``<out>.json`` records the settings and how many slice puzzles are done; a
+re-run with the same settings continues after them (a line written after the last
+record is dropped and redone). Same settings, same file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from sbt_core.countdown import verify
+from sbt_core.errors import SbtError
+from sbt_core.trace import parse_response, prompt
+
+from .iterate import train_slice
+
+BATCH = 8  # prompts per backend call
+
+
+@dataclass
+class HarvestConfig:
+    model: str
+    numbers: int
+    data: str  # data folder with train.jsonl
+    puzzles: int = 10_000
+    n: int = 16
+    temperature: float = 0.7
+    max_new_tokens: int = 96
+    seed: int = 0
+    backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.puzzles < 1 or self.n < 1 or self.max_new_tokens < 1:
+            raise SbtError("--puzzles, --n and --max-new-tokens must be positive")
+        if self.temperature <= 0:
+            raise SbtError("--temperature must be positive: rejection sampling needs samples")
+
+
+def best_verified(puzzle, completions) -> tuple[list[str] | None, int, float]:
+    """(steps of the best verified completion or None, how many verified, its mean log-prob)."""
+    best, best_lp, count = None, float("-inf"), 0
+    for c in completions:
+        resp = parse_response(c.text)
+        if resp.ending == "goal" and resp.lines and verify(puzzle, resp.lines).ok:
+            count += 1
+            if c.mean_logprob > best_lp:
+                best, best_lp = resp.lines, c.mean_logprob
+    return best, count, best_lp
+
+
+def _meta_path(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+def _resume_point(out: Path, settings: dict, slice_index: dict[int, int]) -> int:
+    """How many slice puzzles are done (0 for a new file); trims lines past that point."""
+    meta = _meta_path(out)
+    if not meta.is_file():
+        if out.exists() and out.stat().st_size:
+            raise SbtError(f"{out} exists and was not written by `sbt harvest`; choose another --out")
+        return 0
+    try:
+        saved = json.loads(meta.read_text())
+        done = int(saved["done"])
+    except (ValueError, KeyError, TypeError):
+        raise SbtError(f"{meta} is not a harvest record; remove it with {out} to start again") from None
+    diff = [k for k in settings if saved.get("settings", {}).get(k) != settings[k]]
+    if diff:
+        raise SbtError(f"{out} was harvested with other settings ({', '.join(diff)}); use the same ones to "
+                       "resume, or another --out")
+    keep = []
+    if out.is_file():
+        for line in out.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            if slice_index.get(row.get("train_index"), done) < done:
+                keep.append(line + "\n")
+    out.write_text("".join(keep))
+    return done
+
+
+def harvest(cfg: HarvestConfig, out: Path, backend, log: Callable[[str], None] = print,
+            on_progress: Callable[[int, int, int], None] | None = None) -> dict:
+    """Run (or resume) the harvest into ``out``; returns the summary written to ``<out>.json``."""
+    from sbt_core.generate import read_puzzles
+
+    out = Path(out)
+    rows = train_slice(Path(cfg.data), cfg.puzzles, cfg.seed, 1)
+    settings = {**asdict(cfg), "model_sha256": backend.model_sha256, "backend": backend.backend_name}
+    slice_index = {r["train_index"]: i for i, r in enumerate(rows)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = _resume_point(out, settings, slice_index)
+    puzzles = read_puzzles(Path(cfg.data) / "train.jsonl")
+    kept = sum(1 for _ in open(out)) if out.is_file() else 0
+    if done:
+        log(f"resuming {out}: {done:,} of {len(rows):,} puzzles done, {kept:,} paths kept")
+    with open(out, "a") as f:
+        for start in range(done, len(rows), BATCH):
+            batch = rows[start:start + BATCH]
+            chosen = [puzzles[r["train_index"]] for r in batch]
+            samples = backend.sample([prompt(p) for p in chosen], n=cfg.n, temperature=cfg.temperature,
+                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + start)
+            for r, puzzle, comps in zip(batch, chosen, samples):
+                steps, count, lp = best_verified(puzzle, comps)
+                if steps:
+                    kept += 1
+                    f.write(json.dumps({"numbers": list(puzzle.numbers), "target": puzzle.target, "steps": steps,
+                                        "train_index": r["train_index"], "verified": count,
+                                        "mean_logprob": round(lp, 6)}) + "\n")
+            f.flush()
+            done = start + len(batch)
+            _write_meta(out, settings, done, kept, len(rows))
+            if on_progress:
+                on_progress(done, len(rows), kept)
+    return _write_meta(out, settings, done, kept, len(rows))
+
+
+def _write_meta(out: Path, settings: dict, done: int, kept: int, total: int) -> dict:
+    summary = {"settings": settings, "done": done, "puzzles": total, "kept": kept,
+               "kept_share": round(kept / done, 4) if done else 0.0}
+    tmp = _meta_path(out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    os.replace(tmp, _meta_path(out))
+    return summary

@@ -1,0 +1,63 @@
+"""``sbt harvest``: verified sampled paths of a model on TRAIN puzzles (rejection sampling),
+the data of ``sbt train --paths``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sbt_core.errors import SbtError
+
+
+def harvest_cmd(
+    out: Path = typer.Option(..., "--out", help="paths file to write (JSONL; its record goes to OUT.json)"),
+    model: Optional[str] = typer.Option(None, "--model", help="a name in models/ or a directory (default: the shipped backtracking model for --numbers)"),
+    numbers: Optional[int] = typer.Option(None, "--numbers", min=3, max=6, help="input numbers per puzzle (default: from the model name, else 4)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="data folder with train.jsonl (default: data/countdown<N>)"),
+    puzzles: int = typer.Option(10_000, "--puzzles", min=1, help="train puzzles to sample (a seeded slice of train.jsonl)"),
+    n: int = typer.Option(16, "--n", min=1, help="samples per puzzle"),
+    temperature: float = typer.Option(0.7, "--temperature", help="sampling temperature"),
+    seed: int = typer.Option(0, "--seed", help="seed of the slice and of the samples"),
+    backend: str = typer.Option("torch", "--backend", help="torch | llama (a GGUF beside the model; several times faster)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Sample N answers per TRAIN puzzle and keep, per puzzle, the verified one the model likes best.
+
+    The strict verifier filters training data here (rejection sampling, as in expert iteration); it never touches evaluation splits. Train on the result with `sbt train --paths OUT [--data op+back]`. Re-running the same command resumes.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from harness.harvest import HarvestConfig, harvest
+    from harness.runner import infer_numbers, resolve_data_dir
+    from sbt_core.backends import load_backend
+    from sbt_core.models import default_model
+
+    n_numbers = numbers or infer_numbers(model)
+    model = model or default_model(n_numbers)
+    data_dir = resolve_data_dir(data, n_numbers)
+    cfg = HarvestConfig(model=str(model), numbers=n_numbers, data=str(data_dir), puzzles=puzzles, n=n,
+                        temperature=temperature, seed=seed, backend=backend)
+    if not (data_dir / "train.jsonl").is_file():
+        raise SbtError(f"no train split: {data_dir / 'train.jsonl'} not found (generate it with "
+                       f"`sbt data generate --numbers {n_numbers} --out {data_dir}`)")
+    be = load_backend(model, backend, n_numbers)
+    err = Console(stderr=True, highlight=False)
+    log = lambda m: err.print(m, markup=False, soft_wrap=True)  # noqa: E731
+    if quiet:
+        summary = harvest(cfg, out, be, log=log)
+    else:
+        with Progress(TextColumn("[bold]harvest"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} puzzles"),
+                      TextColumn("{task.fields[kept]:,} kept"), TimeElapsedColumn(), TimeRemainingColumn(),
+                      console=err) as bar:
+            task = bar.add_task("harvest", total=puzzles, kept=0)
+            summary = harvest(cfg, out, be, log=bar.console.print,
+                              on_progress=lambda done, total, kept: bar.update(task, completed=done, total=total, kept=kept))
+    typer.echo(f"{out}: {summary['kept']:,} verified paths from {summary['done']:,} train puzzles "
+               f"({summary['kept_share']:.1%}); train on them with `sbt train --paths {out}`")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("harvest")(harvest_cmd)

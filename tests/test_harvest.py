@@ -1,0 +1,123 @@
+"""``sbt harvest`` (rejection sampling on train puzzles) and ``sbt train --paths`` with
+backtracking examples built on the given paths."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+from typer.testing import CliRunner
+
+from harness.harvest import HarvestConfig, best_verified, harvest
+from sbt_cli.app import app
+from sbt_core.backends.base import Completion
+from sbt_core.backends.scripted import ScriptedBackend
+from sbt_core.countdown import Puzzle, verify
+from sbt_core.errors import SbtError
+from sbt_core.trace import BACKTRACK, GOAL
+
+from _train_fixtures import countdown3_data, half_right
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return countdown3_data(tmp_path_factory, "harvestdata", 40)
+
+
+def test_best_verified_takes_the_likeliest_verified_answer():
+    p = Puzzle((2, 3, 5), 30)
+    comps = [Completion("5 * 3 = 15\n15 * 2 = 30\n" + GOAL, [1, 2], [-0.5, -0.5]),
+             Completion("5 * 3 = 15\n15 * 2 = 31\n" + GOAL, [1, 2], [-0.01, -0.01]),  # likelier, wrong
+             Completion("2 * 3 = 6\n6 * 5 = 30\n" + GOAL, [1, 2], [-0.2, -0.2]),
+             Completion("2 * 3 = 6\n6 * 5 = 30\n" + BACKTRACK, [1, 2], [-0.001, -0.001])]  # no goal claim
+    steps, count, lp = best_verified(p, comps)
+    assert steps == ["2 * 3 = 6", "6 * 5 = 30"] and count == 2 and lp == pytest.approx(-0.2)
+    assert best_verified(p, comps[1:2]) == (None, 0, float("-inf"))
+
+
+def test_harvest_keeps_verified_paths_of_train_puzzles_and_resumes(tmp_path, data_dir):
+    cfg = HarvestConfig(model="scripted", numbers=3, data=str(data_dir), puzzles=20, n=3)
+    out = tmp_path / "paths.jsonl"
+    backend = ScriptedBackend(default=half_right, model_name="scripted")
+    summary = harvest(cfg, out, backend, log=lambda m: None)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert summary["done"] == 20 and summary["kept"] == len(rows) > 0
+    assert all(r["target"] % 2 == 0 for r in rows)  # only the verified (even-target) answers
+    assert all(verify(Puzzle(tuple(r["numbers"]), r["target"]), r["steps"]).ok for r in rows)
+    from sbt_core.generate import read_puzzles
+
+    train = read_puzzles(data_dir / "train.jsonl")
+    assert all(train[r["train_index"]].target == r["target"] for r in rows)
+    assert len({r["train_index"] for r in rows}) == len(rows)  # one line per puzzle
+    # a kill after the record: the next run redoes nothing and drops the cut line
+    with open(out, "a") as f:
+        f.write('{"numbers": [1, 2')
+    again = harvest(cfg, out, backend, log=lambda m: None)
+    assert again["kept"] == len(rows) and out.read_text().count("\n") == len(rows)
+    assert [json.loads(x) for x in out.read_text().splitlines()] == rows
+    with pytest.raises(SbtError, match="other settings"):
+        harvest(HarvestConfig(**{**cfg.__dict__, "n": 4}), out, backend, log=lambda m: None)
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text("hello\n")
+    with pytest.raises(SbtError, match="not written by `sbt harvest`"):
+        harvest(cfg, foreign, backend, log=lambda m: None)
+
+
+def test_harvest_refuses_greedy():
+    with pytest.raises(SbtError, match="temperature"):
+        HarvestConfig(model="m", numbers=3, data="d", temperature=0)
+
+
+def test_op_back_examples_are_built_on_the_given_paths(tmp_path):
+    from training.data import Recipe, path_examples
+
+    f = tmp_path / "paths.jsonl"
+    rows = [{"numbers": [2, 3, 5], "target": 30, "steps": ["2 * 3 = 6", "6 * 5 = 30"]},
+            {"numbers": [4, 6, 7], "target": 17, "steps": ["6 + 4 = 10", "10 + 7 = 17"]},
+            {"numbers": [2, 3, 5], "target": 30, "steps": ["5 * 3 = 16", "16 * 2 = 32"]}]  # dropped
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples, dropped = path_examples(f, recipe=Recipe("op+back", back_ratio=2.0, goal_forcing=0.0), seed=3)
+    assert dropped == 1
+    ops = [e for e in examples if e.kind == "op"]
+    assert [e.response for e in ops] == ["2 * 3 = 6\n6 * 5 = 30\nGoal Reached!", "6 + 4 = 10\n10 + 7 = 17\nGoal Reached!"]
+    backs = [e for e in examples if e.kind != "op"]
+    assert len(backs) == 4
+    for e in backs:
+        given = next(r for r in rows if f"target {r['target']}\n" in e.prompt)
+        lines = e.response.split("\n")
+        assert lines[-1] == BACKTRACK
+        prefix, wrong = lines[:-2], lines[-2]
+        assert prefix == given["steps"][:len(prefix)]  # a prefix of THE GIVEN path
+        assert wrong not in given["steps"][len(prefix):len(prefix) + 1]
+    # data "op": one example per path, as before
+    assert [e.kind for e in path_examples(f, recipe=Recipe("op"))[0]] == ["op", "op"]
+
+
+def test_sbt_harvest_then_train_on_the_paths_cli(tmp_path, data_dir, monkeypatch):
+    import sbt_core.backends as backends
+
+    monkeypatch.setattr(backends, "load_backend",
+                        lambda model, backend, n: ScriptedBackend(default=half_right, model_name="scripted"))
+    out = tmp_path / "h.jsonl"
+    r = runner.invoke(app, ["harvest", "--out", str(out), "--model", "countdown3-x", "--data", str(data_dir),
+                            "--puzzles", "12", "--n", "2", "-q"])
+    assert r.exit_code == 0, r.output
+    kept = out.read_text().count("\n")
+    assert f"{kept:,} verified paths from 12 train puzzles" in r.output
+    meta = json.loads(out.with_name("h.jsonl.json").read_text())
+    assert meta["settings"]["numbers"] == 3 and meta["settings"]["n"] == 2 and meta["done"] == 12
+    r = runner.invoke(app, ["train", "--out", str(tmp_path / "m"), "--numbers", "3", "--data-dir", str(data_dir),
+                            "--paths", str(out), "--size", "tiny", "--tokens", "400", "--batch-size", "4",
+                            "--eval-every", "1000", "--eval-puzzles", "2", "--threads", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "m" / "training.json").read_text())
+    assert report["data"]["given_paths"]["kept"] == kept
+    assert report["data"]["examples"] > kept  # op+back by default: backtracking examples on the paths
+    r = runner.invoke(app, ["train", "--out", str(tmp_path / "m2"), "--numbers", "3", "--data-dir", str(data_dir),
+                            "--paths", str(tmp_path / "missing.jsonl"), "--size", "tiny", "--quiet"])
+    assert r.exit_code == 2 and "paths file not found" in r.output
