@@ -121,3 +121,19 @@ def test_sbt_harvest_then_train_on_the_paths_cli(tmp_path, data_dir, monkeypatch
     r = runner.invoke(app, ["train", "--out", str(tmp_path / "m2"), "--numbers", "3", "--data-dir", str(data_dir),
                             "--paths", str(tmp_path / "missing.jsonl"), "--size", "tiny", "--quiet"])
     assert r.exit_code == 2 and "paths file not found" in r.output
+
+
+def test_gzipped_paths_file_and_a_truncated_one(tmp_path):
+    import gzip
+
+    from training.data import path_examples
+
+    row = {"numbers": [2, 3, 5], "target": 30, "steps": ["5 * 3 = 15", "15 * 2 = 30"]}
+    f = tmp_path / "paths.jsonl.gz"
+    with gzip.open(f, "wt") as g:
+        g.write((json.dumps(row) + "\n") * 3000)
+    examples, dropped = path_examples(f)
+    assert len(examples) == 3000 and dropped == 0
+    f.write_bytes(f.read_bytes()[:-40])
+    with pytest.raises(SbtError, match="cannot read paths file"):
+        path_examples(f)

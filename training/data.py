@@ -9,6 +9,7 @@ recognise errors without ever learning to make them.
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 from dataclasses import asdict, dataclass, field
@@ -217,16 +218,20 @@ def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
     such an object, or whose steps do not verify (``sbt_core.countdown.verify``), is
     dropped. Without ``recipe`` (or with data "op") each path is one D_op example; with an
     op+back recipe the D_back examples are built on the given path as on a solver path.
-    Returns (examples, dropped count); ``limit`` keeps the first ``limit`` paths."""
+    Returns (examples, dropped count); ``limit`` keeps the first ``limit`` paths. A file
+    whose name ends in ``.gz`` is read through gzip."""
     out: list[Example] = []
     dropped = kept = 0
     rng = random.Random(f"data-{seed}")
     try:
-        f = open(path, encoding="utf-8", errors="surrogateescape")
+        if str(path).endswith(".gz"):  # shipped paths files are gzipped
+            f = gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
+        else:
+            f = open(path, encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise SbtError(f"cannot read paths file {path}: {exc.strerror or exc}") from None
     with f:
-        for line in f:
+        for line in _lines(f, path):
             if not line.strip():
                 continue
             if limit is not None and kept >= limit:
@@ -244,6 +249,14 @@ def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
             kept += 1
             out.extend(examples_for(puzzle, recipe, rng, steps) if recipe else [op_example(puzzle, steps)])
     return out, dropped
+
+
+def _lines(f, path):
+    """The file's lines; a damaged (e.g. truncated gzip) file is one clear error."""
+    try:
+        yield from f
+    except (OSError, EOFError) as exc:
+        raise SbtError(f"cannot read paths file {path}: {exc}") from None
 
 
 def encode(example: Example, tokenizer, max_len: int = 256) -> tuple[list[int], list[int]]:
