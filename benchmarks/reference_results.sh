@@ -25,8 +25,10 @@ if [ -f models/countdown4-backtrack/model-q8_0.gguf ] && python -c "import llama
       --model countdown4-backtrack --methods self-backtrack --n 32 --b 1
   done
 fi
-# expert iteration: 3 rounds from the shipped Countdown-3 backtracking model
-sbt iterate --model countdown3-backtrack --rounds 3 --eval-limit "$limit" -q
+# expert iteration: 3 rounds from the shipped Countdown-3 backtracking model (one experiment
+# per weights: the results.db rows of "countdown3-backtrack-iterate" are from the stage-1 weights)
+sha=$(python -c "from sbt_core.models import model_sha256, resolve_model; print(model_sha256(resolve_model('countdown3-backtrack'))[:8])")
+sbt iterate --model countdown3-backtrack --rounds 3 --eval-limit "$limit" --experiment "countdown3-backtrack@$sha-iterate" -q
 sbt bench report --format markdown --out docs/leaderboard.md
 # the README's plot: test_new only (both splits make 30 curves)
 sbt bench report --split test_new --plot docs/scaling.png --plot docs/scaling.svg --format json --out /dev/null

@@ -12,7 +12,9 @@ slice refuses puzzles that are also in val / test_seen / test_new.
 
 Resumable: ``<out>.json`` records the settings and how many slice puzzles are done; a
 re-run with the same settings continues after them (a line written after the last
-record is dropped and redone). Same settings, same file.
+record is dropped and redone). Same settings, same file. ``--puzzles`` alone may change
+between runs: the slice of N puzzles is the first N of one seeded order, so a larger N
+extends the file and a smaller one cuts it to its first N puzzles.
 """
 
 from __future__ import annotations
@@ -79,10 +81,12 @@ def _resume_point(out: Path, settings: dict, slice_index: dict[int, int]) -> int
         done = int(saved["done"])
     except (ValueError, KeyError, TypeError):
         raise SbtError(f"{meta} is not a harvest record; remove it with {out} to start again") from None
-    diff = [k for k in settings if saved.get("settings", {}).get(k) != settings[k]]
+    # --puzzles may change: the slice of N puzzles is the first N of one seeded order
+    diff = [k for k in settings if k != "puzzles" and saved.get("settings", {}).get(k) != settings[k]]
     if diff:
         raise SbtError(f"{out} was harvested with other settings ({', '.join(diff)}); use the same ones to "
                        "resume, or another --out")
+    done = min(done, len(slice_index))
     keep = []
     if out.is_file():
         for line in out.read_text().splitlines():

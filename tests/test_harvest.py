@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.harvest import HarvestConfig, best_verified, harvest
+from harness.iterate import train_slice
 from sbt_cli.app import app
 from sbt_core.backends.base import Completion
 from sbt_core.backends.scripted import ScriptedBackend
@@ -137,3 +138,19 @@ def test_gzipped_paths_file_and_a_truncated_one(tmp_path):
     f.write_bytes(f.read_bytes()[:-40])
     with pytest.raises(SbtError, match="cannot read paths file"):
         path_examples(f)
+
+
+def test_harvest_puzzles_can_grow_or_shrink_on_resume(tmp_path, data_dir):
+    backend = ScriptedBackend(default=half_right, model_name="scripted")
+    full = tmp_path / "full.jsonl"
+    harvest(HarvestConfig(model="s", numbers=3, data=str(data_dir), puzzles=24, n=2), full, backend, log=lambda m: None)
+    part = tmp_path / "part.jsonl"
+    harvest(HarvestConfig(model="s", numbers=3, data=str(data_dir), puzzles=24, n=2), part, backend, log=lambda m: None)
+    cut = harvest(HarvestConfig(model="s", numbers=3, data=str(data_dir), puzzles=10, n=2), part, backend, log=lambda m: None)
+    first10 = {r["train_index"] for r in train_slice(data_dir, 10, 0, 1)}
+    rows = [json.loads(x) for x in part.read_text().splitlines()]
+    assert cut["done"] == 10 and {r["train_index"] for r in rows} <= first10
+    assert cut["kept"] == len(rows) == sum(1 for x in full.read_text().splitlines()
+                                         if json.loads(x)["train_index"] in first10)
+    grown = harvest(HarvestConfig(model="s", numbers=3, data=str(data_dir), puzzles=24, n=2), part, backend, log=lambda m: None)
+    assert grown["done"] == 24 and part.read_text() == full.read_text()
