@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from sbt_core.countdown import verify
+from sbt_core.countdown import Puzzle, verify
 from sbt_core.errors import SbtError
 from sbt_core.trace import parse_response, prompt
 
@@ -69,13 +69,13 @@ def _meta_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
-def _resume_point(out: Path, settings: dict, slice_index: dict[int, int]) -> int:
-    """How many slice puzzles are done (0 for a new file); trims lines past that point."""
+def _resume_point(out: Path, settings: dict, slice_index: dict[int, int]) -> tuple[int, int]:
+    """(slice puzzles done, paths kept) so far ((0, 0) for a new file); trims lines past that point."""
     meta = _meta_path(out)
     if not meta.is_file():
         if out.exists() and out.stat().st_size:
             raise SbtError(f"{out} exists and was not written by `sbt harvest`; choose another --out")
-        return 0
+        return 0, 0
     try:
         saved = json.loads(meta.read_text())
         done = int(saved["done"])
@@ -97,28 +97,24 @@ def _resume_point(out: Path, settings: dict, slice_index: dict[int, int]) -> int
             if slice_index.get(row.get("train_index"), done) < done:
                 keep.append(line + "\n")
     out.write_text("".join(keep))
-    return done
+    return done, len(keep)
 
 
 def harvest(cfg: HarvestConfig, out: Path, backend, log: Callable[[str], None] = print,
             on_progress: Callable[[int, int, int], None] | None = None) -> dict:
     """Run (or resume) the harvest into ``out``; returns the summary written to ``<out>.json``."""
-    from sbt_core.generate import read_puzzles
-
     out = Path(out)
     rows = train_slice(Path(cfg.data), cfg.puzzles, cfg.seed, 1)
     settings = {**asdict(cfg), "model_sha256": backend.model_sha256, "backend": backend.backend_name}
     slice_index = {r["train_index"]: i for i, r in enumerate(rows)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = _resume_point(out, settings, slice_index)
-    puzzles = read_puzzles(Path(cfg.data) / "train.jsonl")
-    kept = sum(1 for _ in open(out)) if out.is_file() else 0
+    done, kept = _resume_point(out, settings, slice_index)
     if done:
         log(f"resuming {out}: {done:,} of {len(rows):,} puzzles done, {kept:,} paths kept")
     with open(out, "a") as f:
         for start in range(done, len(rows), BATCH):
             batch = rows[start:start + BATCH]
-            chosen = [puzzles[r["train_index"]] for r in batch]
+            chosen = [Puzzle.from_json(r) for r in batch]
             samples = backend.sample([prompt(p) for p in chosen], n=cfg.n, temperature=cfg.temperature,
                                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + start)
             for r, puzzle, comps in zip(batch, chosen, samples):
