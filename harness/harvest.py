@@ -6,7 +6,11 @@ verified paths, and the one the model likes best (highest mean token log-prob) i
 as one line ``{"numbers", "target", "steps", "train_index", "verified", "mean_logprob"}``
 of a paths file that ``sbt train --paths`` trains on (with ``--data op+back`` the
 backtracking examples are built on these paths). Puzzles with no verified sample are
-skipped. This is the verifier used as a *data filter on training puzzles* (rejection
+skipped, unless ``mistakes`` > 0: then each line also carries ``"mistakes"``, up to that
+many of the puzzle's samples that claimed ``Goal Reached!`` but fail the verifier, each cut
+after its first wrong step (``sbt_core.solver.first_wrong_step``), likeliest first and
+distinct; a puzzle with mistakes but no verified path gets a line with ``"steps": null``.
+``sbt train --paths`` turns them into backtracking examples on the model's OWN errors. This is the verifier used as a *data filter on training puzzles* (rejection
 sampling / STaR, as in the paper's expert iteration), never on evaluation splits: the
 slice refuses puzzles that are also in val / test_seen / test_new.
 
@@ -27,6 +31,7 @@ from typing import Callable
 
 from sbt_core.countdown import Puzzle, verify
 from sbt_core.errors import SbtError
+from sbt_core.solver import first_wrong_step
 from sbt_core.trace import parse_response, prompt
 
 from .iterate import train_slice
@@ -45,10 +50,13 @@ class HarvestConfig:
     max_new_tokens: int = 96
     seed: int = 0
     backend: str = "torch"
+    mistakes: int = 0  # per puzzle: false "Goal Reached!" samples kept, cut after their first wrong step
 
     def __post_init__(self) -> None:
         if self.puzzles < 1 or self.n < 1 or self.max_new_tokens < 1:
             raise SbtError("--puzzles, --n and --max-new-tokens must be positive")
+        if self.mistakes < 0:
+            raise SbtError("--mistakes must be 0 or more")
         if self.temperature <= 0:
             raise SbtError("--temperature must be positive: rejection sampling needs samples")
 
@@ -65,29 +73,55 @@ def best_verified(puzzle, completions) -> tuple[list[str] | None, int, float]:
     return best, count, best_lp
 
 
+def own_mistakes(puzzle, completions, limit: int) -> list[list[str]]:
+    """Up to ``limit`` distinct false goal claims, each cut after its first wrong step (the
+    wrong step is the last line), the likeliest (mean token log-prob) first. Samples whose
+    wrong line is not a step, or with no wrong step at all, are not kept."""
+    if limit <= 0:
+        return []
+    found: dict[tuple[str, ...], float] = {}
+    for c in completions:
+        resp = parse_response(c.text)
+        if resp.ending != "goal" or verify(puzzle, resp.lines).ok:
+            continue
+        i = first_wrong_step(puzzle, resp.steps)
+        if i is None or resp.steps[i] is None:
+            continue
+        key = tuple(str(s) for s in resp.steps[:i + 1])
+        found[key] = max(found.get(key, float("-inf")), c.mean_logprob)
+    ranked = sorted(found, key=lambda k: (-found[k], k))
+    return [list(k) for k in ranked[:limit]]
+
+
+# settings added after the first harvests: a record without them was made with these values
+_LATER_SETTINGS = {"mistakes": 0}
+
+
 def _meta_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
-def _resume_point(out: Path, settings: dict, slice_index: dict[int, int]) -> tuple[int, int]:
-    """(slice puzzles done, paths kept) so far ((0, 0) for a new file); trims lines past that point."""
+def _resume_point(out: Path, settings: dict, slice_index: dict[int, int]) -> tuple[int, int, int]:
+    """(slice puzzles done, paths kept, mistakes kept) so far (zeros for a new file); trims
+    lines past that point."""
     meta = _meta_path(out)
     if not meta.is_file():
         if out.exists() and out.stat().st_size:
             raise SbtError(f"{out} exists and was not written by `sbt harvest`; choose another --out")
-        return 0, 0
+        return 0, 0, 0
     try:
         saved = json.loads(meta.read_text())
         done = int(saved["done"])
     except (ValueError, KeyError, TypeError):
         raise SbtError(f"{meta} is not a harvest record; remove it with {out} to start again") from None
     # --puzzles may change: the slice of N puzzles is the first N of one seeded order
-    diff = [k for k in settings if k != "puzzles" and saved.get("settings", {}).get(k) != settings[k]]
+    old = saved.get("settings", {})
+    diff = [k for k in settings if k != "puzzles" and old.get(k, _LATER_SETTINGS.get(k)) != settings[k]]
     if diff:
         raise SbtError(f"{out} was harvested with other settings ({', '.join(diff)}); use the same ones to "
                        "resume, or another --out")
     done = min(done, len(slice_index))
-    keep = []
+    keep, paths, mistakes = [], 0, 0
     if out.is_file():
         for line in out.read_text().splitlines():
             try:
@@ -96,8 +130,10 @@ def _resume_point(out: Path, settings: dict, slice_index: dict[int, int]) -> tup
                 continue  # a line cut by a kill
             if slice_index.get(row.get("train_index"), done) < done:
                 keep.append(line + "\n")
+                paths += bool(row.get("steps"))
+                mistakes += len(row.get("mistakes") or [])
     out.write_text("".join(keep))
-    return done, len(keep)
+    return done, paths, mistakes
 
 
 def harvest(cfg: HarvestConfig, out: Path, backend, log: Callable[[str], None] = print,
@@ -108,7 +144,7 @@ def harvest(cfg: HarvestConfig, out: Path, backend, log: Callable[[str], None] =
     settings = {**asdict(cfg), "model_sha256": backend.model_sha256, "backend": backend.backend_name}
     slice_index = {r["train_index"]: i for i, r in enumerate(rows)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    done, kept = _resume_point(out, settings, slice_index)
+    done, kept, n_mistakes = _resume_point(out, settings, slice_index)
     if done:
         log(f"resuming {out}: {done:,} of {len(rows):,} puzzles done, {kept:,} paths kept")
     with open(out, "a") as f:
@@ -119,22 +155,29 @@ def harvest(cfg: HarvestConfig, out: Path, backend, log: Callable[[str], None] =
                                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + start)
             for r, puzzle, comps in zip(batch, chosen, samples):
                 steps, count, lp = best_verified(puzzle, comps)
-                if steps:
-                    kept += 1
-                    f.write(json.dumps({"numbers": list(puzzle.numbers), "target": puzzle.target, "steps": steps,
-                                        "train_index": r["train_index"], "verified": count,
-                                        "mean_logprob": round(lp, 6)}) + "\n")
+                wrong = own_mistakes(puzzle, comps, cfg.mistakes)
+                if steps or wrong:
+                    kept += bool(steps)
+                    row = {"numbers": list(puzzle.numbers), "target": puzzle.target, "steps": steps,
+                           "train_index": r["train_index"], "verified": count,
+                           "mean_logprob": round(lp, 6) if steps else None}
+                    if cfg.mistakes:
+                        row["mistakes"] = wrong
+                        n_mistakes += len(wrong)
+                    f.write(json.dumps(row) + "\n")
             f.flush()
             done = start + len(batch)
-            _write_meta(out, settings, done, kept, len(rows))
+            _write_meta(out, settings, done, kept, len(rows), n_mistakes)
             if on_progress:
                 on_progress(done, len(rows), kept)
-    return _write_meta(out, settings, done, kept, len(rows))
+    return _write_meta(out, settings, done, kept, len(rows), n_mistakes)
 
 
-def _write_meta(out: Path, settings: dict, done: int, kept: int, total: int) -> dict:
+def _write_meta(out: Path, settings: dict, done: int, kept: int, total: int, mistakes: int = 0) -> dict:
     summary = {"settings": settings, "done": done, "puzzles": total, "kept": kept,
                "kept_share": round(kept / done, 4) if done else 0.0}
+    if settings.get("mistakes"):
+        summary["mistakes"] = mistakes
     tmp = _meta_path(out).with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=1) + "\n")
     os.replace(tmp, _meta_path(out))

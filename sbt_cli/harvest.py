@@ -20,6 +20,7 @@ def harvest_cmd(
     n: int = typer.Option(16, "--n", min=1, help="samples per puzzle"),
     temperature: float = typer.Option(0.7, "--temperature", help="sampling temperature"),
     seed: int = typer.Option(0, "--seed", help="seed of the slice and of the samples"),
+    mistakes: int = typer.Option(0, "--mistakes", min=0, help="also keep up to this many of each puzzle's false 'Goal Reached!' samples, cut after their first wrong step (sbt train --paths makes backtracking examples of them)"),
     backend: str = typer.Option("torch", "--backend", help="torch | llama (a GGUF beside the model; several times faster)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
@@ -39,7 +40,7 @@ def harvest_cmd(
     model = model or default_model(n_numbers)
     data_dir = resolve_data_dir(data, n_numbers)
     cfg = HarvestConfig(model=str(model), numbers=n_numbers, data=str(data_dir), puzzles=puzzles, n=n,
-                        temperature=temperature, seed=seed, backend=backend)
+                        temperature=temperature, seed=seed, backend=backend, mistakes=mistakes)
     if not (data_dir / "train.jsonl").is_file():
         raise SbtError(f"no train split: {data_dir / 'train.jsonl'} not found (generate it with "
                        f"`sbt data generate --numbers {n_numbers} --out {data_dir}`)")
@@ -55,7 +56,8 @@ def harvest_cmd(
             task = bar.add_task("harvest", total=puzzles, kept=0)
             summary = harvest(cfg, out, be, log=bar.console.print,
                               on_progress=lambda done, total, kept: bar.update(task, completed=done, total=total, kept=kept))
-    typer.echo(f"{out}: {summary['kept']:,} verified paths from {summary['done']:,} train puzzles "
+    own = f", {summary['mistakes']:,} own mistakes" if "mistakes" in summary else ""
+    typer.echo(f"{out}: {summary['kept']:,} verified paths{own} from {summary['done']:,} train puzzles "
                f"({summary['kept_share']:.1%}); train on them with `sbt train --paths {out}`")
 
 

@@ -148,3 +148,21 @@ def count_solutions(puzzle: Puzzle) -> int:
 def clear_cache() -> None:
     _solvable.cache_clear()
     _reach.cache_clear()
+
+
+def first_wrong_step(puzzle: Puzzle, steps: Sequence[Step | None]) -> int | None:
+    """Index of the first step of an answer that is wrong: not a step, not allowed by the
+    rules (unavailable number, illegal operation), wrong arithmetic, or a correct step into
+    a state from which the target can no longer be reached. None when no step is wrong (the
+    answer verifies, or it stops early or claims the goal without a wrong step)."""
+    state = tuple(sorted(puzzle.numbers))
+    for i, step in enumerate(steps):
+        if step is None or not step.is_correct:
+            return i
+        try:
+            state = apply_step(state, step)
+        except ValueError:  # an operand that is not available
+            return i
+        if not is_solvable(state, puzzle.target):
+            return i
+    return None

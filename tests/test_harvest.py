@@ -154,3 +154,100 @@ def test_harvest_puzzles_can_grow_or_shrink_on_resume(tmp_path, data_dir):
                                          if json.loads(x)["train_index"] in first10)
     grown = harvest(HarvestConfig(model="s", numbers=3, data=str(data_dir), puzzles=24, n=2), part, backend, log=lambda m: None)
     assert grown["done"] == 24 and part.read_text() == full.read_text()
+
+
+def test_first_wrong_step_finds_the_first_error_of_every_kind():
+    from sbt_core.countdown import parse_step
+    from sbt_core.solver import first_wrong_step
+
+    p = Puzzle((2, 3, 5), 30)
+
+    def first(*lines):
+        return first_wrong_step(p, [parse_step(x) for x in lines])
+
+    assert first("2 * 3 = 6", "6 * 5 = 30") is None  # verified
+    assert first("2 * 3 = 6") is None  # stops early, nothing wrong yet
+    assert first("2 * 3 = 7", "7 * 5 = 35") == 0  # wrong arithmetic
+    assert first("2 * 3 = 6", "6 * 5 = 31") == 1
+    assert first("2 + 3 = 5", "5 * 5 = 25") == 0  # a correct step into a dead end
+    assert first("2 * 9 = 18") == 0  # 9 is not available
+    assert first("3 - 5 = -2") == 0  # illegal operation
+    assert first("2 * 3 = 6", "oops") == 1  # not a step
+
+
+def _confident_liar(puzzle, prefix):
+    """Half right like half_right, but on odd targets a confident wrong-arithmetic answer."""
+    if puzzle.target % 2 == 0:
+        return half_right(puzzle, prefix)
+    a, b, c = puzzle.numbers[:3]
+    return f"{a} + {b} = {a + b + 1}\n{a + b + 1} + {c} = {puzzle.target}\n{GOAL}"
+
+
+def test_own_mistakes_are_cut_after_the_first_wrong_step_likeliest_first():
+    from harness.harvest import own_mistakes
+
+    p = Puzzle((2, 3, 5), 30)
+    comps = [Completion("2 * 3 = 7\n7 * 5 = 30\n" + GOAL, [1], [-0.5]),
+             Completion("2 * 3 = 6\n6 * 5 = 31\n" + GOAL, [1], [-0.1]),
+             Completion("2 * 3 = 7\n7 * 4 = 30\n" + GOAL, [1], [-0.05]),  # same first error, likelier
+             Completion("2 * 3 = 6\n6 * 5 = 30\n" + GOAL, [1], [-0.01]),  # verified: not a mistake
+             Completion("2 * 3 = 7\n" + BACKTRACK, [1], [-0.01]),  # backtracked: not a false claim
+             Completion("2 * 3 = 6\n" + GOAL, [1], [-0.01])]  # no wrong step to cut at
+    assert own_mistakes(p, comps, 5) == [["2 * 3 = 7"], ["2 * 3 = 6", "6 * 5 = 31"]]
+    assert own_mistakes(p, comps, 1) == [["2 * 3 = 7"]]
+    assert own_mistakes(p, comps, 0) == []
+
+
+def test_harvest_keeps_own_mistakes_and_train_makes_backtracking_examples_of_them(tmp_path, data_dir):
+    from training.data import Recipe, path_examples
+
+    backend = ScriptedBackend(default=_confident_liar, model_name="scripted")
+    cfg = HarvestConfig(model="s", numbers=3, data=str(data_dir), puzzles=20, n=2, mistakes=2)
+    out = tmp_path / "m.jsonl"
+    summary = harvest(cfg, out, backend, log=lambda m: None)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    odd = [r for r in rows if r["target"] % 2]
+    assert odd and all(r["steps"] is None and len(r["mistakes"]) == 1 for r in odd)
+    assert all(r["steps"] and r["mistakes"] == [] for r in rows if r["target"] % 2 == 0)
+    assert summary["kept"] == len(rows) - len(odd) and summary["mistakes"] == len(odd)
+    # resuming counts the same (a mistakes-only line is not a kept path)
+    again = harvest(cfg, out, backend, log=lambda m: None)
+    assert (again["kept"], again["mistakes"]) == (summary["kept"], summary["mistakes"])
+
+    examples, dropped = path_examples(out, recipe=Recipe("op+back", goal_forcing=0.0), seed=1)
+    own = [e for e in examples if e.kind == "own-error"]
+    assert dropped == 0 and len(own) == len(odd)
+    for e in own:
+        wrong = e.response.split("\n")[0]
+        assert e.response == wrong + "\n" + BACKTRACK
+        assert e.masked == [(0, len(e.prompt) + len(wrong) + 1)]  # only <backtrack> (and eos) trained
+    assert not [e for e in path_examples(out, recipe=Recipe("op+back", own_errors=0.0))[0] if e.kind == "own-error"]
+    assert [e.kind for e in path_examples(out, recipe=Recipe("op"))[0]] == ["op"] * summary["kept"]
+
+
+def test_a_mistake_that_is_not_cut_at_its_first_error_is_dropped(tmp_path):
+    from training.data import Recipe, path_examples
+
+    f = tmp_path / "paths.jsonl"
+    rows = [{"numbers": [2, 3, 5], "target": 30, "steps": None,
+             "mistakes": [["2 * 3 = 7", "7 * 5 = 35"],  # wrong already at its first step
+                          ["2 * 3 = 6", "6 * 5 = 30"],  # nothing wrong
+                          ["2 * 3 = 6", "6 * 5 = 31"]]}]  # kept
+    f.write_text(json.dumps(rows[0]) + "\n")
+    examples, dropped = path_examples(f, recipe=Recipe("op+back"))
+    assert dropped == 0 and [e.response for e in examples] == ["2 * 3 = 6\n6 * 5 = 31\n" + BACKTRACK]
+
+
+def test_a_harvest_record_from_before_mistakes_resumes(tmp_path, data_dir):
+    backend = ScriptedBackend(default=half_right, model_name="scripted")
+    cfg = HarvestConfig(model="s", numbers=3, data=str(data_dir), puzzles=10, n=2)
+    out = tmp_path / "old.jsonl"
+    harvest(cfg, out, backend, log=lambda m: None)
+    meta = out.with_name("old.jsonl.json")
+    saved = json.loads(meta.read_text())
+    del saved["settings"]["mistakes"]  # as written before the option existed
+    meta.write_text(json.dumps(saved))
+    grown = harvest(HarvestConfig(**{**cfg.__dict__, "puzzles": 16}), out, backend, log=lambda m: None)
+    assert grown["done"] == 16
+    with pytest.raises(SbtError, match="other settings"):
+        harvest(HarvestConfig(**{**cfg.__dict__, "mistakes": 1}), out, backend, log=lambda m: None)

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 from sbt_core.countdown import Puzzle, Step, apply_op, apply_step, legal_steps, parse_step, verify
 from sbt_core.errors import SbtError
-from sbt_core.solver import is_solvable, random_solution
+from sbt_core.solver import first_wrong_step, is_solvable, random_solution
 from sbt_core.trace import BACKTRACK, prompt, render_backtrack, render_solution, render_steps
 
 ERROR_KINDS = ("exploration", "computational", "rule")
@@ -35,12 +35,17 @@ class Recipe:
     # them follow the solution path's prefix; half follow a dead end ("goal-claim" examples,
     # see dead_end_goal_claim), with everything but <backtrack> and the end token masked.
     goal_forcing: float = 0.5
+    # the share of the model's OWN false goal claims in a paths file (`sbt harvest --mistakes`)
+    # that become backtracking examples: its prefix and wrong step masked, <backtrack> trained
+    own_errors: float = 1.0
 
     def __post_init__(self) -> None:
         if self.data not in ("op", "op+back"):
             raise ValueError(f"--data must be 'op' or 'op+back', got {self.data!r}")
         if not 0.0 <= self.goal_forcing <= 1.0:
             raise ValueError(f"--goal-forcing must be between 0 and 1, got {self.goal_forcing}")
+        if not 0.0 <= self.own_errors <= 1.0:
+            raise ValueError(f"--own-errors must be between 0 and 1, got {self.own_errors}")
         self.kind_weights = tuple(float(w) for w in self.kind_weights)
 
     def to_json(self) -> dict:
@@ -217,12 +222,17 @@ def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
     ``{"numbers": [...], "target": T, "steps": ["a op b = c", ...]}``. A line that is not
     such an object, or whose steps do not verify (``sbt_core.countdown.verify``), is
     dropped. Without ``recipe`` (or with data "op") each path is one D_op example; with an
-    op+back recipe the D_back examples are built on the given path as on a solver path.
-    Returns (examples, dropped count); ``limit`` keeps the first ``limit`` paths. A file
+    op+back recipe the D_back examples are built on the given path as on a solver path,
+    and the line's ``"mistakes"`` (`sbt harvest --mistakes`: the model's own answers cut
+    after their first wrong step) become "own-error" examples, everything but
+    ``<backtrack>`` and the end token masked; a mistake whose last step is not its first
+    wrong one is dropped, and a line may hold mistakes only (``"steps": null``).
+    Returns (examples, dropped count); ``limit`` keeps the first ``limit`` lines. A file
     whose name ends in ``.gz`` is read through gzip."""
     out: list[Example] = []
     dropped = kept = 0
     rng = random.Random(f"data-{seed}")
+    own = recipe is not None and recipe.data == "op+back" and recipe.own_errors > 0
     try:
         if str(path).endswith(".gz"):  # shipped paths files are gzipped
             f = gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
@@ -239,16 +249,30 @@ def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
             try:
                 obj = json.loads(line)
                 puzzle = Puzzle.from_json(obj)
-                raw = obj.get("steps")
-                steps = [parse_step(x) for x in raw] if isinstance(raw, list) else None
-            except (ValueError, RecursionError, SbtError):
-                steps = None
-            if not steps or any(s is None for s in steps) or not verify(puzzle, steps).ok:
+                steps = _steps(obj.get("steps"))
+                wrong = [m for m in map(_steps, obj.get("mistakes") or []) if m] if own else []
+            except (ValueError, RecursionError, SbtError, AttributeError):
+                steps, wrong = None, []
+            ok = bool(steps) and verify(puzzle, steps).ok
+            wrong = [m for m in wrong if first_wrong_step(puzzle, m) == len(m) - 1]
+            if not ok and not wrong:
                 dropped += 1
                 continue
             kept += 1
-            out.extend(examples_for(puzzle, recipe, rng, steps) if recipe else [op_example(puzzle, steps)])
+            if ok:
+                out.extend(examples_for(puzzle, recipe, rng, steps) if recipe else [op_example(puzzle, steps)])
+            for m in wrong:
+                if recipe.own_errors >= 1 or rng.random() < recipe.own_errors:
+                    out.append(back_example(puzzle, m[:-1], m[-1], "own-error", train_prefix=False))
     return out, dropped
+
+
+def _steps(raw) -> list[Step] | None:
+    """A list of step lines parsed, or None when it is not one or a line is not a step."""
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        return None
+    steps = [parse_step(x) for x in raw]
+    return None if any(s is None for s in steps) else steps
 
 
 def _lines(f, path):

@@ -39,6 +39,7 @@ class TrainConfig:
     back_ratio: float = 1.0
     kind_weights: tuple = (1.0, 2.0, 2.0)
     goal_forcing: float = 0.5  # share of computational errors that fake the goal (training/data.py)
+    own_errors: float = 1.0  # share of a paths file's own mistakes (sbt harvest --mistakes) trained on
     size: str = "small"
     base_model: str | None = None
     train_puzzles: int | None = None
@@ -63,7 +64,7 @@ class TrainConfig:
     paths_file: str | None = None
 
     def recipe(self) -> Recipe:
-        return Recipe(self.data, self.back_ratio, tuple(self.kind_weights), self.goal_forcing)
+        return Recipe(self.data, self.back_ratio, tuple(self.kind_weights), self.goal_forcing, self.own_errors)
 
 
 @dataclass
@@ -124,12 +125,13 @@ def _dataset(cfg: TrainConfig, tok, log) -> EncodedDataset:
     if cfg.paths_file:
         examples, dropped = path_examples(cfg.paths_file, cfg.train_puzzles, cfg.recipe(), cfg.seed)
         kept = sum(ex.kind == "op" for ex in examples)
-        log(f"{len(examples):,} examples ({cfg.data}) from {kept:,} paths in {cfg.paths_file} "
-            f"({dropped:,} dropped: not verified)")
+        own = sum(ex.kind == "own-error" for ex in examples)
+        log(f"{len(examples):,} examples ({cfg.data}) from {kept:,} paths in {cfg.paths_file}"
+            + (f" and {own:,} of the model's own mistakes" if own else "") + f" ({dropped:,} dropped: not verified)")
         if not examples:
             raise SbtError(f"{cfg.paths_file}: no verified paths to train on ({dropped:,} dropped)")
         pairs = [encode(ex, tok) for ex in examples]
-        paths_info = {"file": cfg.paths_file, "kept": kept, "dropped": dropped}
+        paths_info = {"file": cfg.paths_file, "kept": kept, "dropped": dropped, "own_errors": own}
     else:
         train_file = Path(cfg.data_dir) / "train.jsonl"
         puzzles = read_puzzles(train_file, cfg.train_puzzles)
