@@ -8,7 +8,8 @@ of a paths file that ``sbt train --paths`` trains on (with ``--data op+back`` th
 backtracking examples are built on these paths). Puzzles with no verified sample are
 skipped, unless ``mistakes`` > 0: then each line also carries ``"mistakes"``, up to that
 many of the puzzle's samples that claimed ``Goal Reached!`` but fail the verifier, each cut
-after its first wrong step (``sbt_core.solver.first_wrong_step``), likeliest first and
+after the step where it went wrong (``sbt_core.solver.false_claim_cut``: its first wrong
+arithmetic or broken rule, else its first step into a dead end), likeliest first and
 distinct; a puzzle with mistakes but no verified path gets a line with ``"steps": null``.
 ``sbt train --paths`` turns them into backtracking examples on the model's OWN errors. This is the verifier used as a *data filter on training puzzles* (rejection
 sampling / STaR, as in the paper's expert iteration), never on evaluation splits: the
@@ -31,7 +32,7 @@ from typing import Callable
 
 from sbt_core.countdown import Puzzle, verify
 from sbt_core.errors import SbtError
-from sbt_core.solver import first_wrong_step
+from sbt_core.solver import false_claim_cut
 from sbt_core.trace import parse_response, prompt
 
 from .iterate import train_slice
@@ -50,7 +51,7 @@ class HarvestConfig:
     max_new_tokens: int = 96
     seed: int = 0
     backend: str = "torch"
-    mistakes: int = 0  # per puzzle: false "Goal Reached!" samples kept, cut after their first wrong step
+    mistakes: int = 0  # per puzzle: false "Goal Reached!" samples kept, cut where they went wrong
 
     def __post_init__(self) -> None:
         if self.puzzles < 1 or self.n < 1 or self.max_new_tokens < 1:
@@ -74,8 +75,9 @@ def best_verified(puzzle, completions) -> tuple[list[str] | None, int, float]:
 
 
 def own_mistakes(puzzle, completions, limit: int) -> list[list[str]]:
-    """Up to ``limit`` distinct false goal claims, each cut after its first wrong step (the
-    wrong step is the last line), the likeliest (mean token log-prob) first. Samples whose
+    """Up to ``limit`` distinct false goal claims, each cut after the step where it went
+    wrong (``false_claim_cut``; that step is the last line), the likeliest (mean token
+    log-prob) first. Samples whose
     wrong line is not a step, or with no wrong step at all, are not kept."""
     if limit <= 0:
         return []
@@ -84,7 +86,7 @@ def own_mistakes(puzzle, completions, limit: int) -> list[list[str]]:
         resp = parse_response(c.text)
         if resp.ending != "goal" or verify(puzzle, resp.lines).ok:
             continue
-        i = first_wrong_step(puzzle, resp.steps)
+        i = false_claim_cut(puzzle, resp.steps)
         if i is None or resp.steps[i] is None:
             continue
         key = tuple(str(s) for s in resp.steps[:i + 1])

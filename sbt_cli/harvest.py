@@ -20,7 +20,7 @@ def harvest_cmd(
     n: int = typer.Option(16, "--n", min=1, help="samples per puzzle"),
     temperature: float = typer.Option(0.7, "--temperature", help="sampling temperature"),
     seed: int = typer.Option(0, "--seed", help="seed of the slice and of the samples"),
-    mistakes: int = typer.Option(0, "--mistakes", min=0, help="also keep up to this many of each puzzle's false 'Goal Reached!' samples, cut after their first wrong step (sbt train --paths makes backtracking examples of them)"),
+    mistakes: int = typer.Option(0, "--mistakes", min=0, help="also keep up to this many of each puzzle's false 'Goal Reached!' samples, cut after the step where they went wrong (sbt train --paths makes backtracking examples of them)"),
     backend: str = typer.Option("torch", "--backend", help="torch | llama (a GGUF beside the model; several times faster)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:

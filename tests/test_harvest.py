@@ -173,6 +173,17 @@ def test_first_wrong_step_finds_the_first_error_of_every_kind():
     assert first("2 * 9 = 18") == 0  # 9 is not available
     assert first("3 - 5 = -2") == 0  # illegal operation
     assert first("2 * 3 = 6", "oops") == 1  # not a step
+    assert first_wrong_step(p, [parse_step("2 + 3 = 5"), parse_step("5 * 5 = 30")], dead_ends=False) == 1
+
+
+def test_a_false_claim_is_cut_at_its_lie_else_at_its_dead_end():
+    from sbt_core.countdown import parse_step
+    from sbt_core.solver import false_claim_cut
+
+    p = Puzzle((2, 3, 5), 30)
+    assert false_claim_cut(p, [parse_step("2 + 3 = 5"), parse_step("5 * 5 = 30")]) == 1  # dead end, then the lie
+    assert false_claim_cut(p, [parse_step("2 + 3 = 5"), parse_step("5 * 5 = 25")]) == 0  # no lie: the dead end
+    assert false_claim_cut(p, [parse_step("2 * 3 = 6"), parse_step("6 * 5 = 30")]) is None
 
 
 def _confident_liar(puzzle, prefix):
@@ -192,8 +203,9 @@ def test_own_mistakes_are_cut_after_the_first_wrong_step_likeliest_first():
              Completion("2 * 3 = 7\n7 * 4 = 30\n" + GOAL, [1], [-0.05]),  # same first error, likelier
              Completion("2 * 3 = 6\n6 * 5 = 30\n" + GOAL, [1], [-0.01]),  # verified: not a mistake
              Completion("2 * 3 = 7\n" + BACKTRACK, [1], [-0.01]),  # backtracked: not a false claim
-             Completion("2 * 3 = 6\n" + GOAL, [1], [-0.01])]  # no wrong step to cut at
-    assert own_mistakes(p, comps, 5) == [["2 * 3 = 7"], ["2 * 3 = 6", "6 * 5 = 31"]]
+             Completion("2 * 3 = 6\n" + GOAL, [1], [-0.01]),  # no wrong step to cut at
+             Completion("2 + 3 = 5\n5 * 5 = 30\n" + GOAL, [1], [-0.2])]  # a dead end, then the lie
+    assert own_mistakes(p, comps, 5) == [["2 * 3 = 7"], ["2 * 3 = 6", "6 * 5 = 31"], ["2 + 3 = 5", "5 * 5 = 30"]]
     assert own_mistakes(p, comps, 1) == [["2 * 3 = 7"]]
     assert own_mistakes(p, comps, 0) == []
 

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 from sbt_core.countdown import Puzzle, Step, apply_op, apply_step, legal_steps, parse_step, verify
 from sbt_core.errors import SbtError
-from sbt_core.solver import first_wrong_step, is_solvable, random_solution
+from sbt_core.solver import false_claim_cut, is_solvable, random_solution
 from sbt_core.trace import BACKTRACK, prompt, render_backtrack, render_solution, render_steps
 
 ERROR_KINDS = ("exploration", "computational", "rule")
@@ -223,10 +223,10 @@ def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
     such an object, or whose steps do not verify (``sbt_core.countdown.verify``), is
     dropped. Without ``recipe`` (or with data "op") each path is one D_op example; with an
     op+back recipe the D_back examples are built on the given path as on a solver path,
-    and the line's ``"mistakes"`` (`sbt harvest --mistakes`: the model's own answers cut
-    after their first wrong step) become "own-error" examples, everything but
-    ``<backtrack>`` and the end token masked; a mistake whose last step is not its first
-    wrong one is dropped, and a line may hold mistakes only (``"steps": null``).
+    and the line's ``"mistakes"`` (`sbt harvest --mistakes`: the model's own false goal
+    claims cut after the step where they went wrong) become "own-error" examples, everything but
+    ``<backtrack>`` and the end token masked; a mistake not cut there
+    (``sbt_core.solver.false_claim_cut``) is dropped, and a line may hold mistakes only (``"steps": null``).
     Returns (examples, dropped count); ``limit`` keeps the first ``limit`` lines. A file
     whose name ends in ``.gz`` is read through gzip."""
     out: list[Example] = []
@@ -254,7 +254,7 @@ def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
             except (ValueError, RecursionError, SbtError, AttributeError):
                 steps, wrong = None, []
             ok = bool(steps) and verify(puzzle, steps).ok
-            wrong = [m for m in wrong if first_wrong_step(puzzle, m) == len(m) - 1]
+            wrong = [m for m in wrong if false_claim_cut(puzzle, m) == len(m) - 1]
             if not ok and not wrong:
                 dropped += 1
                 continue
