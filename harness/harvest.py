@@ -11,9 +11,10 @@ many of the puzzle's samples that claimed ``Goal Reached!`` but fail the verifie
 after the step where it went wrong (``sbt_core.solver.false_claim_cut``: its first wrong
 arithmetic or broken rule, else its first step into a dead end), likeliest first and
 distinct; a puzzle with mistakes but no verified path gets a line with ``"steps": null``.
-``sbt train --paths`` turns them into backtracking examples on the model's OWN errors. This is the verifier used as a *data filter on training puzzles* (rejection
-sampling / STaR, as in the paper's expert iteration), never on evaluation splits: the
-slice refuses puzzles that are also in val / test_seen / test_new.
+``sbt train --paths`` turns them into backtracking examples on the model's OWN errors.
+This is the verifier used as a *data filter on training puzzles* (rejection sampling /
+STaR, as in the paper's expert iteration), never on evaluation splits: the slice refuses
+puzzles that are also in val / test_seen / test_new.
 
 Resumable: ``<out>.json`` records the settings and how many slice puzzles are done; a
 re-run with the same settings continues after them (a line written after the last
@@ -77,16 +78,16 @@ def best_verified(puzzle, completions) -> tuple[list[str] | None, int, float]:
 def own_mistakes(puzzle, completions, limit: int) -> list[list[str]]:
     """Up to ``limit`` distinct false goal claims, each cut after the step where it went
     wrong (``false_claim_cut``; that step is the last line), the likeliest (mean token
-    log-prob) first. Samples whose
-    wrong line is not a step, or with no wrong step at all, are not kept."""
+    log-prob) first. Samples whose wrong line is not a step, or with no wrong step at all,
+    are not kept."""
     if limit <= 0:
         return []
     found: dict[tuple[str, ...], float] = {}
     for c in completions:
         resp = parse_response(c.text)
-        if resp.ending != "goal" or verify(puzzle, resp.lines).ok:
+        if resp.ending != "goal":
             continue
-        i = false_claim_cut(puzzle, resp.steps)
+        i = false_claim_cut(puzzle, resp.steps)  # None for an answer that verifies
         if i is None or resp.steps[i] is None:
             continue
         key = tuple(str(s) for s in resp.steps[:i + 1])

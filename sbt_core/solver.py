@@ -8,7 +8,7 @@ import random
 from functools import lru_cache
 from typing import Iterator, Sequence
 
-from .countdown import OPS, Puzzle, Step, apply_op, apply_step, legal_steps
+from .countdown import OPS, Puzzle, Step, apply_op, apply_step, legal_steps, verify
 
 
 def _results(a: int, b: int) -> set[int]:
@@ -150,12 +150,11 @@ def clear_cache() -> None:
     _reach.cache_clear()
 
 
-def first_wrong_step(puzzle: Puzzle, steps: Sequence[Step | None], dead_ends: bool = True) -> int | None:
+def first_wrong_step(puzzle: Puzzle, steps: Sequence[Step | None]) -> int | None:
     """Index of the first step of an answer that is wrong: not a step, not allowed by the
-    rules (unavailable number, illegal operation), wrong arithmetic, or (with ``dead_ends``)
-    a correct step into a state from which the target can no longer be reached. None when
-    no step is wrong (the answer verifies, or it stops early or claims the goal without a
-    wrong step)."""
+    rules (unavailable number, illegal operation), wrong arithmetic, or a correct step into
+    a state from which the target can no longer be reached. None when no step is wrong (the
+    answer verifies, or it stops early or claims the goal without a wrong step)."""
     state = tuple(sorted(puzzle.numbers))
     for i, step in enumerate(steps):
         if step is None or not step.is_correct:
@@ -164,15 +163,16 @@ def first_wrong_step(puzzle: Puzzle, steps: Sequence[Step | None], dead_ends: bo
             state = apply_step(state, step)
         except ValueError:  # an operand that is not available
             return i
-        if dead_ends and not is_solvable(state, puzzle.target):
+        if not is_solvable(state, puzzle.target):
             return i
     return None
 
 
 def false_claim_cut(puzzle: Puzzle, steps: Sequence[Step | None]) -> int | None:
     """Where an answer that falsely claims the goal went wrong in a way it can see: its first
-    step that breaks a rule or the arithmetic (the usual false claim: correct steps into a
-    dead end, then a last step that writes the target as a wrong result), else, for correct
-    steps that never reach the target, the first step into a dead end."""
-    i = first_wrong_step(puzzle, steps, dead_ends=False)
-    return first_wrong_step(puzzle, steps) if i is None else i
+    step that breaks a rule or the arithmetic, as the strict verifier reports it (the usual
+    false claim: correct steps into a dead end, then a last step that writes the target as
+    a wrong result), else, for correct steps that never reach the target, the first step
+    into a dead end. None for an answer that verifies."""
+    wrong = verify(puzzle, steps).step_index
+    return first_wrong_step(puzzle, steps) if wrong is None else wrong

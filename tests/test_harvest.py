@@ -173,7 +173,8 @@ def test_first_wrong_step_finds_the_first_error_of_every_kind():
     assert first("2 * 9 = 18") == 0  # 9 is not available
     assert first("3 - 5 = -2") == 0  # illegal operation
     assert first("2 * 3 = 6", "oops") == 1  # not a step
-    assert first_wrong_step(p, [parse_step("2 + 3 = 5"), parse_step("5 * 5 = 30")], dead_ends=False) == 1
+    # without dead ends, the first wrong step is the strict verifier's step index
+    assert verify(p, [parse_step("2 + 3 = 5"), parse_step("5 * 5 = 30")]).step_index == 1
 
 
 def test_a_false_claim_is_cut_at_its_lie_else_at_its_dead_end():
@@ -248,6 +249,8 @@ def test_a_mistake_that_is_not_cut_at_its_first_error_is_dropped(tmp_path):
     f.write_text(json.dumps(rows[0]) + "\n")
     examples, dropped = path_examples(f, recipe=Recipe("op+back"))
     assert dropped == 0 and [e.response for e in examples] == ["2 * 3 = 6\n6 * 5 = 31\n" + BACKTRACK]
+    f.write_text(json.dumps({**rows[0], "mistakes": 5}) + "\n")  # not a list: nothing to train on
+    assert path_examples(f, recipe=Recipe("op+back")) == ([], 1)
 
 
 def test_a_harvest_record_from_before_mistakes_resumes(tmp_path, data_dir):

@@ -224,9 +224,10 @@ def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
     dropped. Without ``recipe`` (or with data "op") each path is one D_op example; with an
     op+back recipe the D_back examples are built on the given path as on a solver path,
     and the line's ``"mistakes"`` (`sbt harvest --mistakes`: the model's own false goal
-    claims cut after the step where they went wrong) become "own-error" examples, everything but
-    ``<backtrack>`` and the end token masked; a mistake not cut there
-    (``sbt_core.solver.false_claim_cut``) is dropped, and a line may hold mistakes only (``"steps": null``).
+    claims cut after the step where they went wrong) become "own-error" examples,
+    everything but ``<backtrack>`` and the end token masked; a mistake not cut there
+    (``sbt_core.solver.false_claim_cut``) is dropped, and a line may hold mistakes only
+    (``"steps": null``).
     Returns (examples, dropped count); ``limit`` keeps the first ``limit`` lines. A file
     whose name ends in ``.gz`` is read through gzip."""
     out: list[Example] = []
@@ -250,8 +251,9 @@ def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
                 obj = json.loads(line)
                 puzzle = Puzzle.from_json(obj)
                 steps = _steps(obj.get("steps"))
-                wrong = [m for m in map(_steps, obj.get("mistakes") or []) if m] if own else []
-            except (ValueError, RecursionError, SbtError, AttributeError):
+                raw = obj.get("mistakes")
+                wrong = [m for m in map(_steps, raw) if m] if own and isinstance(raw, list) else []
+            except (ValueError, RecursionError, SbtError):
                 steps, wrong = None, []
             ok = bool(steps) and verify(puzzle, steps).ok
             wrong = [m for m in wrong if false_claim_cut(puzzle, m) == len(m) - 1]
