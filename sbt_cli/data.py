@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -22,9 +23,15 @@ def generate_cmd(
     seed: int = typer.Option(0, help="seed: fixes held-out targets and every split"),
     out: Path = typer.Option(..., "--out", help="output folder"),
     workers: int = typer.Option(0, help="worker processes (0: one per core, at most 4)"),
+    min_number: int = typer.Option(1, "--min-number", help="smallest input number"),
+    max_number: int = typer.Option(99, "--max-number",
+                                   help="largest input number (e.g. 12: an extra set of small-number puzzles)"),
+    avoid: Optional[Path] = typer.Option(None, "--avoid",
+                                         help="another data folder whose val/test puzzles must not be drawn "
+                                              "(same --seed: same held-out targets)"),
 ) -> None:
     """Generate train / val / test_seen / test_new splits (Stream-of-Search style)."""
-    cfg = GeneratorConfig(n_numbers=numbers, seed=seed,
+    cfg = GeneratorConfig(n_numbers=numbers, seed=seed, min_number=min_number, max_number=max_number,
                           sizes={"train": train, "val": val, "test_seen": test_seen, "test_new": test_new})
     with Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), transient=False) as bar:
@@ -35,5 +42,5 @@ def generate_cmd(
                 tasks[split] = bar.add_task(split, total=total)
             bar.update(tasks[split], completed=done)
 
-        written = generate(cfg, out, workers=workers or None, progress=progress)
+        written = generate(cfg, out, workers=workers or None, progress=progress, avoid=avoid)
     typer.echo(f"wrote {', '.join(f'{k}={v:,}' for k, v in written.items())} to {out}")

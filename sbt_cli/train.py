@@ -25,6 +25,7 @@ def train_cmd(
     base_model: Optional[Path] = typer.Option(None, "--base-model", help="fine-tune a local HF causal-LM dir"),
     train_puzzles: Optional[int] = typer.Option(None, "--train-puzzles", help="use the first N train puzzles (with --paths: the first N paths)"),
     paths: Optional[Path] = typer.Option(None, "--paths", help="train on the verified solution paths in this JSONL ({numbers, target, steps} per line, e.g. `sbt harvest` output) instead of solver paths; with --data op+back the backtracking examples are built on them"),
+    extra_puzzles: Optional[Path] = typer.Option(None, "--extra-puzzles", help="also train on the solver paths of the puzzles in this JSONL (e.g. data/countdown3-small/train.jsonl from `sbt data generate --max-number 12`)"),
     tokens: Optional[float] = typer.Option(None, "--tokens", help="training tokens to process (default 50M)"),
     batch_size: int = typer.Option(256, "--batch-size"),
     lr: float = typer.Option(2e-3, "--lr"),
@@ -61,7 +62,7 @@ def train_cmd(
                       size=size, base_model=str(base_model) if base_model else None, train_puzzles=train_puzzles,
                       batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every or 500,
                       eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, compile=compile_, threads=threads, ema=ema,
-                      paths_file=str(paths) if paths else None)
+                      paths_file=str(paths) if paths else None, extra_puzzles=str(extra_puzzles) if extra_puzzles else None)
     if tokens is not None:
         cfg.max_tokens = int(tokens)
     if resume:

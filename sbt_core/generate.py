@@ -5,6 +5,10 @@ A target is drawn first, then numbers are re-drawn until the solver finds a solu
 other split uses the seen targets. No (multiset, target) appears in two splits, and each
 split's stream depends only on (seed, split, its own index): asking for more training
 puzzles never changes val or test, and a smaller train set is a prefix of a larger one.
+
+A narrower number range (e.g. ``max_number=12``: the small-number puzzles users type, rare
+when numbers are uniform on 1..99) makes an extra training set; ``avoid`` (another data
+folder's eval puzzles) keeps it disjoint from that folder's val and test splits.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from .solver import is_solvable
 SPLITS = ("train", "val", "test_seen", "test_new")
 EVAL_SPLITS = ("val", "test_seen", "test_new")
 CHUNK = 2000
+MAX_DRAWS = 2000  # number draws per target before giving it up (never reached with 1..99)
+STALL_CHUNKS = 50  # chunks in a row without a new puzzle: the range is used up
 
 
 @dataclass
@@ -40,6 +46,8 @@ class GeneratorConfig:
     def __post_init__(self) -> None:
         if not 3 <= self.n_numbers <= 6:
             raise SbtError(f"--numbers must be between 3 and 6, got {self.n_numbers}")
+        if self.min_number < 1:
+            raise SbtError(f"--min-number must be at least 1, got {self.min_number}")
         if self.min_number > self.max_number or self.min_target > self.max_target:
             raise SbtError("empty number or target range")
 
@@ -59,11 +67,12 @@ def _draw_chunk(args: tuple) -> list[tuple[tuple[int, ...], int]]:
     out = []
     for _ in range(CHUNK):
         target = rng.choice(targets)
-        while True:
+        for _ in range(MAX_DRAWS):
             numbers = tuple(rng.randint(cfg.min_number, cfg.max_number) for _ in range(cfg.n_numbers))
             if is_solvable(numbers, target):
+                out.append((numbers, target))
                 break
-        out.append((numbers, target))
+        # else: the target is out of reach of the number range (a narrow --max-number): no puzzle
     return out
 
 
@@ -82,15 +91,19 @@ def _chunks(cfg: GeneratorConfig, split: str, targets: list[int], workers: int) 
             i += workers * 4
 
 
+
 def generate_split(cfg: GeneratorConfig, split: str, taken: set, workers: int = 1,
                    progress: Callable[[int], None] | None = None) -> list[dict]:
-    """Puzzles of one split, skipping any (multiset, target) already in ``taken`` (updated)."""
+    """Puzzles of one split, skipping any (multiset, target) already in ``taken`` (updated).
+    Raises ``SbtError`` when the number and target ranges hold fewer distinct puzzles."""
     seen, held = cfg.targets()
     size = cfg.sizes.get(split, 0)
     out: list[dict] = []
     if size <= 0:
         return out
+    stalled = 0
     for chunk in _chunks(cfg, split, held if split == "test_new" else seen, workers):
+        before = len(out)
         for numbers, target in chunk:
             key = (tuple(sorted(numbers)), target)
             if key in taken:
@@ -103,16 +116,42 @@ def generate_split(cfg: GeneratorConfig, split: str, taken: set, workers: int = 
             progress(len(out))
         if len(out) == size:
             return out
+        stalled = 0 if len(out) > before else stalled + 1
+        if stalled >= STALL_CHUNKS:
+            raise SbtError(f"{split}: only {len(out):,} distinct solvable puzzles with numbers "
+                           f"{cfg.min_number}..{cfg.max_number} (asked for {size:,}); ask for fewer")
     return out  # pragma: no cover
 
 
+def avoided_puzzles(cfg: GeneratorConfig, data_dir: Path) -> set:
+    """The (multiset, target) keys of another data folder's eval splits, for ``generate(avoid=)``.
+    Its held-out targets must be ours (same seed and target range), so that no test_new
+    target can reach our train split."""
+    data_dir = Path(data_dir)
+    try:
+        meta = json.loads((data_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        raise SbtError(f"--avoid {data_dir}: no readable meta.json (not an `sbt data generate` folder)") from None
+    if meta.get("held_out_targets") != cfg.targets()[1]:
+        raise SbtError(f"--avoid {data_dir}: its held-out targets differ from these "
+                       f"(use its --seed {meta.get('seed')} and target range)")
+    keys = set()
+    for split in EVAL_SPLITS:
+        if (data_dir / f"{split}.jsonl").is_file():
+            keys.update((tuple(sorted(p.numbers)), p.target) for p in read_puzzles(data_dir / f"{split}.jsonl"))
+    return keys
+
+
 def generate(cfg: GeneratorConfig, out_dir: Path, workers: int | None = None,
-             progress: Callable[[str, int, int], None] | None = None) -> dict[str, int]:
-    """Write every split as ``<split>.jsonl`` plus ``meta.json``; returns split sizes."""
+             progress: Callable[[str, int, int], None] | None = None,
+             avoid: Path | None = None) -> dict[str, int]:
+    """Write every split as ``<split>.jsonl`` plus ``meta.json``; returns split sizes.
+    With ``avoid`` (a data folder), none of that folder's eval puzzles is drawn."""
     workers = workers or min(os.cpu_count() or 1, 4)
     out_dir = Path(out_dir)
+    taken: set = avoided_puzzles(cfg, avoid) if avoid else set()
+    avoided = len(taken)
     out_dir.mkdir(parents=True, exist_ok=True)
-    taken: set = set()
     written = {}
     # eval splits first so that they never depend on the size of train
     for split in (*EVAL_SPLITS, "train"):
@@ -124,6 +163,8 @@ def generate(cfg: GeneratorConfig, out_dir: Path, workers: int | None = None,
     seen, held = cfg.targets()
     meta = {"generator": "sbt stream-of-search v1", **asdict(cfg), "seen_targets": seen,
             "held_out_targets": held, "written": written}
+    if avoid:
+        meta["avoided"] = {"data_dir": str(avoid), "puzzles": avoided}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return written
 

@@ -205,3 +205,28 @@ def test_cli_data_generate(tmp_path):
     assert len(read_puzzles(out / "train.jsonl")) == 40
     bad = CliRunner().invoke(app, ["data", "generate", "--numbers", "9", "--out", str(out)])
     assert bad.exit_code == 2 and bad.stderr.strip() == "error: --numbers must be between 3 and 6, got 9"
+
+
+def test_number_range_exhaustion_and_avoid(tmp_path, generated, monkeypatch):
+    base, _, rows = generated
+    monkeypatch.setattr(gen, "MAX_DRAWS", 50)  # unreachable targets are given up sooner
+    # a narrow number range: every number inside it, and one clear error when it runs out
+    small = GeneratorConfig(seed=7, max_number=6, sizes={"train": 30})
+    out = generate(small, tmp_path / "small", workers=1, avoid=base)
+    got = read_puzzles(tmp_path / "small" / "train.jsonl")
+    assert out["train"] == 30 and all(max(p.numbers) <= 6 for p in got)
+    meta = json.loads((tmp_path / "small" / "meta.json").read_text())
+    assert meta["max_number"] == 6 and meta["avoided"]["puzzles"] == sum(len(rows[s]) for s in gen.EVAL_SPLITS)
+    with pytest.raises(SbtError, match=r"only [\d,]+ distinct solvable puzzles with numbers 1\.\.3"):
+        generate(GeneratorConfig(n_numbers=3, seed=7, max_number=3, sizes={"train": 10_000}), tmp_path / "tiny", workers=1)
+    # --avoid: none of the other folder's eval puzzles is drawn, even where the range allows it
+    evals = {(tuple(sorted(r["numbers"])), r["target"]) for s in gen.EVAL_SPLITS for r in rows[s]}
+    again = generate_split(GeneratorConfig(seed=7, sizes={"train": 200}), "train", gen.avoided_puzzles(
+        GeneratorConfig(seed=7), base))
+    assert not evals & {(tuple(sorted(r["numbers"])), r["target"]) for r in again}
+    with pytest.raises(SbtError, match="held-out targets differ"):
+        gen.avoided_puzzles(GeneratorConfig(seed=8), base)
+    with pytest.raises(SbtError, match="no readable meta.json"):
+        gen.avoided_puzzles(GeneratorConfig(seed=7), tmp_path / "nowhere")
+    with pytest.raises(SbtError, match="--min-number must be at least 1"):
+        GeneratorConfig(min_number=0)

@@ -119,6 +119,21 @@ def test_sbt_harvest_then_train_on_the_paths_cli(tmp_path, data_dir, monkeypatch
     report = json.loads((tmp_path / "m" / "training.json").read_text())
     assert report["data"]["given_paths"]["kept"] == kept
     assert report["data"]["examples"] > kept  # op+back by default: backtracking examples on the paths
+    assert report["data"]["extra_puzzles"] is None
+    # --extra-puzzles: the solver paths of more puzzles (e.g. small numbers) on top of the paths
+    extra = tmp_path / "small.jsonl"
+    extra.write_text('{"numbers": [2, 3, 5], "target": 30}\n{"numbers": [1, 2, 4], "target": 12}\n')
+    r = runner.invoke(app, ["train", "--out", str(tmp_path / "mx"), "--numbers", "3", "--data-dir", str(data_dir),
+                            "--paths", str(out), "--extra-puzzles", str(extra), "--data", "op", "--size", "tiny",
+                            "--tokens", "400", "--batch-size", "4", "--eval-every", "1000", "--eval-puzzles", "2",
+                            "--threads", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    mx = json.loads((tmp_path / "mx" / "training.json").read_text())["data"]
+    assert mx["extra_puzzles"] == {"file": str(extra), "puzzles": 2, "examples": 2}  # data op: one each
+    assert mx["examples"] == kept + 2
+    r = runner.invoke(app, ["train", "--out", str(tmp_path / "my"), "--numbers", "3", "--data-dir", str(data_dir),
+                            "--extra-puzzles", str(tmp_path / "nope.jsonl"), "--size", "tiny", "--quiet"])
+    assert r.exit_code == 2 and "extra puzzles file not found" in r.output
     r = runner.invoke(app, ["train", "--out", str(tmp_path / "m2"), "--numbers", "3", "--data-dir", str(data_dir),
                             "--paths", str(tmp_path / "missing.jsonl"), "--size", "tiny", "--quiet"])
     assert r.exit_code == 2 and "paths file not found" in r.output

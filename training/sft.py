@@ -62,6 +62,9 @@ class TrainConfig:
     # paths (e.g. verified search outputs: `sbt iterate`, `sbt train --paths`) instead of
     # solver paths; with data "op+back" the D_back examples are built on them too
     paths_file: str | None = None
+    # a JSONL of puzzles ({"numbers", "target"}) whose solver paths are trained on too, on top
+    # of train.jsonl or --paths (e.g. small-number puzzles: `sbt data generate --max-number 12`)
+    extra_puzzles: str | None = None
 
     def recipe(self) -> Recipe:
         return Recipe(self.data, self.back_ratio, tuple(self.kind_weights), self.goal_forcing, self.own_errors)
@@ -115,11 +118,16 @@ def _dataset(cfg: TrainConfig, tok, log) -> EncodedDataset:
         if not Path(cfg.paths_file).is_file():
             raise SbtError(f"paths file not found: {cfg.paths_file}")
         key += cfg.paths_file + hashlib.sha256(Path(cfg.paths_file).read_bytes()).hexdigest()
+    if cfg.extra_puzzles:
+        if not Path(cfg.extra_puzzles).is_file():
+            raise SbtError(f"extra puzzles file not found: {cfg.extra_puzzles}")
+        key += "extra" + cfg.extra_puzzles + hashlib.sha256(Path(cfg.extra_puzzles).read_bytes()).hexdigest()
     cache = Path(cfg.out) / "checkpoint" / f"dataset-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
     if cache.is_file():
         state = torch.load(cache)
         data = EncodedDataset.from_state(state)
         data.paths_info = state.get("paths_info")
+        data.extra_info = state.get("extra_info")
         return data
     paths_info = None
     if cfg.paths_file:
@@ -137,10 +145,17 @@ def _dataset(cfg: TrainConfig, tok, log) -> EncodedDataset:
         puzzles = read_puzzles(train_file, cfg.train_puzzles)
         log(f"building examples from {len(puzzles):,} puzzles ({cfg.data})")
         pairs = [encode(ex, tok) for ex in build_examples(puzzles, cfg.recipe(), cfg.seed)]
+    extra_info = None
+    if cfg.extra_puzzles:
+        extra = read_puzzles(cfg.extra_puzzles)
+        examples = list(build_examples(extra, cfg.recipe(), cfg.seed + 1))
+        log(f"+ {len(examples):,} examples ({cfg.data}) from the solver paths of {len(extra):,} puzzles in {cfg.extra_puzzles}")
+        pairs += [encode(ex, tok) for ex in examples]
+        extra_info = {"file": cfg.extra_puzzles, "puzzles": len(extra), "examples": len(examples)}
     data = EncodedDataset(pairs)
-    data.paths_info = paths_info
+    data.paths_info, data.extra_info = paths_info, extra_info
     cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({**data.state(), "paths_info": paths_info}, cache)
+    torch.save({**data.state(), "paths_info": paths_info, "extra_info": extra_info}, cache)
     return data
 
 
@@ -255,7 +270,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         "config": asdict(cfg),
         "data": {"train_file": cfg.paths_file or str(Path(cfg.data_dir) / "train.jsonl"), "examples": len(data),
                  "example_tokens": data.n_tokens, "recipe": cfg.recipe().to_json(),
-                 "given_paths": data.paths_info},
+                 "given_paths": data.paths_info, "extra_puzzles": data.extra_info},
         "params": sum(p.numel() for p in model.parameters()),
         "steps": state.step, "tokens": state.tokens, "wall_s": round(time.time() - t_start, 1),
         "hardware": _hardware(device), "precision": {"bf16": "bf16-autocast"}.get(precision, precision),
