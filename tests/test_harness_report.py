@@ -196,3 +196,21 @@ def test_cli_report(tmp_path, monkeypatch, capsys):
     assert code == 2 and "unknown --format" in out.err
     code, out = sbt("bench", "report", "--db", tmp_path / "missing.db")
     assert code == 2 and "no results database" in out.err
+
+
+def test_shipped_sha_of_a_model_and_of_its_gguf_label(tmp_path, monkeypatch):
+    import hashlib
+
+    from harness.report import _shipped_sha
+    from sbt_core.models import model_sha256
+
+    d = tmp_path / "m4"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "model.safetensors").write_bytes(b"weights")
+    (d / "model-q8_0.gguf").write_bytes(b"GGUF q8")
+    monkeypatch.setenv("SBT_MODELS_DIR", str(tmp_path))
+    assert _shipped_sha("m4") == model_sha256(d)
+    # a llama.cpp run is labelled NAME:QUANT and hashed over its GGUF file
+    assert _shipped_sha("m4:q8_0") == hashlib.sha256(b"GGUF q8").hexdigest() != _shipped_sha("m4")
+    assert _shipped_sha("m4:q4_0") is None and _shipped_sha("nope") is None
