@@ -24,6 +24,10 @@ if [ -f models/countdown4-backtrack/model-q8_0.gguf ] && python -c "import llama
     SBT_LLAMA_QUANT=$q sbt bench --split test_new --limit "$limit" --seed 0 --no-trace -q --backend llama \
       --model countdown4-backtrack --methods self-backtrack --n 32 --b 1
   done
+  # temperature 1.0 (the better one on val for countdown4-backtrack) on q8_0
+  t1=(--split test_new --limit "$limit" --seed 0 --no-trace -q --backend llama --model countdown4-backtrack --temperature 1.0)
+  SBT_LLAMA_QUANT=q8_0 sbt bench "${t1[@]}" --methods self-backtrack --n 8,16,32 --b 1
+  SBT_LLAMA_QUANT=q8_0 sbt bench "${t1[@]}" --methods pass@n --n 32
 fi
 # expert iteration: 3 rounds from the shipped Countdown-3 backtracking model (one experiment
 # per weights: the results.db rows of "countdown3-backtrack-iterate" are from the stage-1 weights)
