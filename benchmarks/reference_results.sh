@@ -17,6 +17,8 @@ for n in 3 4; do
     sbt bench "${common[@]}" --model "countdown$n-backtrack" --methods greedy,self-backtrack --n 8,16,32 --b 0,1
     sbt bench "${common[@]}" --model "countdown$n-backtrack" --methods pass@n,dfs --n 32
   done
+  [ "$n" = 4 ] && sbt bench --split test_new --limit "$limit" --seed 0 --no-trace -q --model countdown4-backtrack \
+    --methods self-backtrack --n 32 --b 1 --temperature 1.0
 done
 # llama.cpp backend on the shipped GGUFs (parity of self-backtracking accuracy with torch)
 if [ -f models/countdown4-backtrack/model-q8_0.gguf ] && python -c "import llama_cpp" 2>/dev/null; then
