@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 from sbt_core.countdown import Puzzle, verify
 from sbt_core.errors import SbtError
-from sbt_core.generate import EVAL_SPLITS, read_puzzles
+from sbt_core.generate import EVAL_SPLITS, eval_puzzle_keys, read_puzzles
 
 from .runner import _SOURCE_CACHE, BenchInterrupted, NullObserver, RunOutcome, evaluate, resolve_data_dir
 from .store import Store, canonical_json
@@ -132,10 +132,6 @@ class _Backends:
 # --------------------------------------------------------------------------- train puzzles
 
 
-def _puzzle_keys(path: Path) -> set:
-    return {p.key for p in read_puzzles(path)} if path.is_file() else set()
-
-
 def train_slice(data_dir: Path, count: int, seed: int, round_: int) -> list[dict]:
     """Round ``round_``'s puzzles: ``count`` lines of ``<data_dir>/train.jsonl`` taken from a
     seeded permutation, consecutive slices for consecutive rounds (they only repeat once
@@ -152,9 +148,7 @@ def train_slice(data_dir: Path, count: int, seed: int, round_: int) -> list[dict
     random.Random(f"sbt-iterate-{seed}").shuffle(order)
     start = (round_ - 1) * count
     picked = [order[(start + i) % len(order)] for i in range(min(count, len(order)))]
-    held_out: set = set()
-    for split in EVAL_SPLITS:
-        held_out |= _puzzle_keys(Path(data_dir) / f"{split}.jsonl")
+    held_out = eval_puzzle_keys(data_dir)
     leaked = [i for i in picked if puzzles[i].key in held_out]
     if leaked:
         raise SbtError(f"{train_file}: {len(leaked)} of the round-{round_} search puzzles are also in an "

@@ -174,9 +174,7 @@ def _tell_weights_apart(rows: list[LeaderRow]) -> None:
 def _shipped_sha(name: str) -> str | None:
     """sha256 of the weights shipped as ``name``: the model directory's weight files, or for
     a llama.cpp label ``NAME:QUANT`` its ``model-QUANT.gguf`` (what the llama backend hashes)."""
-    import hashlib
-
-    from sbt_core.models import model_sha256, models_dir
+    from sbt_core.models import files_sha256, model_sha256, models_dir
 
     base, _, quant = name.partition(":")
     path = models_dir() / base
@@ -186,7 +184,7 @@ def _shipped_sha(name: str) -> str | None:
         if not quant:
             return model_sha256(path)
         gguf = path / f"model-{quant}.gguf"
-        return hashlib.sha256(gguf.read_bytes()).hexdigest() if gguf.is_file() else None
+        return files_sha256([gguf]) if gguf.is_file() else None
     except Exception:  # an unreadable directory: no name is kept plain
         return None
 

@@ -91,7 +91,6 @@ def _chunks(cfg: GeneratorConfig, split: str, targets: list[int], workers: int) 
             i += workers * 4
 
 
-
 def generate_split(cfg: GeneratorConfig, split: str, taken: set, workers: int = 1,
                    progress: Callable[[int], None] | None = None) -> list[dict]:
     """Puzzles of one split, skipping any (multiset, target) already in ``taken`` (updated).
@@ -135,10 +134,17 @@ def avoided_puzzles(cfg: GeneratorConfig, data_dir: Path) -> set:
     if meta.get("held_out_targets") != cfg.targets()[1]:
         raise SbtError(f"--avoid {data_dir}: its held-out targets differ from these "
                        f"(use its --seed {meta.get('seed')} and target range)")
-    keys = set()
+    return eval_puzzle_keys(data_dir)
+
+
+def eval_puzzle_keys(data_dir: Path | str) -> set:
+    """``Puzzle.key`` of every puzzle in a data folder's val / test_seen / test_new files
+    (a missing file has none)."""
+    keys: set = set()
     for split in EVAL_SPLITS:
-        if (data_dir / f"{split}.jsonl").is_file():
-            keys.update((tuple(sorted(p.numbers)), p.target) for p in read_puzzles(data_dir / f"{split}.jsonl"))
+        path = Path(data_dir) / f"{split}.jsonl"
+        if path.is_file():
+            keys.update(p.key for p in read_puzzles(path))
     return keys
 
 

@@ -68,11 +68,16 @@ def weight_files(path: Path) -> list[Path]:
     return files or sorted(path.glob("pytorch_model*.bin"))
 
 
-def model_sha256(path: str | os.PathLike) -> str:
-    """sha256 over the weight files (sorted by name), as hex; identifies a checkpoint."""
+def files_sha256(files) -> str:
+    """sha256 over the bytes of ``files`` in order, as hex."""
     h = hashlib.sha256()
-    for f in weight_files(Path(path)):
+    for f in files:
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def model_sha256(path: str | os.PathLike) -> str:
+    """sha256 over the weight files (sorted by name), as hex; identifies a checkpoint."""
+    return files_sha256(weight_files(Path(path)))

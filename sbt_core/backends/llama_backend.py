@@ -267,13 +267,9 @@ class LlamaBackend:
     @cached_property
     def model_sha256(self) -> str:
         """sha256 of the GGUF file (each quantization of a model is its own checkpoint)."""
-        import hashlib
+        from ..models import files_sha256
 
-        h = hashlib.sha256()
-        with open(self.gguf_path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return files_sha256([self.gguf_path])
 
     @cached_property
     def newline_ids(self) -> set[int]:
