@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 from sbt_core.countdown import Puzzle
 from sbt_core.errors import SbtError
 from sbt_core.generate import read_puzzles
-from sbt_core.search import METHODS
+from sbt_core.search import METHODS, method_params
 from sbt_core.search.events import Done, SearchResult
 
 from .store import REPO_ROOT, Store, canonical_json, puzzles_sha256
@@ -130,14 +130,17 @@ def parse_param_options(items: Sequence[str]) -> dict[str, list]:
 
 def plan_matrix(methods: Sequence[str], ns: Sequence[int], bs: Sequence[int],
                 models: Sequence[str | None], temperature: float | None = None,
-                extra: dict[str, list] | None = None) -> list[RunSpec]:
+                extra: dict[str, list] | None = None,
+                model_defaults: Callable[[str | None], dict] | None = None) -> list[RunSpec]:
     """The runs of a bench: every method x its meaningful params x models.
 
     A knob is varied only for methods that take it (``Method.params``): ``b`` only for
     self-backtracking, ``n`` not for greedy / beam / exact, ``temperature`` only for
     samplers, ``extra`` (``--param KEY=V,..``) only where KEY is a parameter; methods
     without a model get one run whatever ``models`` says. Each run's params are the
-    method's defaults with these overrides, so a run records every setting it used.
+    method's defaults, then ``model_defaults(model)`` (the model's recommended sampling
+    settings, ``sbt_core.models.search_defaults``), then these overrides, so a run records
+    every setting it used.
     """
     for m in methods:
         if m not in METHODS:
@@ -160,9 +163,10 @@ def plan_matrix(methods: Sequence[str], ns: Sequence[int], bs: Sequence[int],
     models = list(models) or [None]
     specs: list[RunSpec] = []
     for model in models:
+        recommended = model_defaults(model) if model_defaults is not None else {}
         for m in methods:
             spec = METHODS[m]
-            defaults = dict(getattr(spec, "defaults", None) or {})
+            defaults = method_params(m, recommended if spec.needs_model else None)
             axes = [[(k, v) for v in values] for k, values in knobs.items() if k in spec.params and values]
             for combo in itertools.product(*axes):
                 params = {**defaults, **dict(combo)}

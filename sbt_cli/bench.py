@@ -50,7 +50,7 @@ def bench(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first LIMIT puzzles"),
     seed: int = typer.Option(0, "--seed", help="run seed (puzzle i is searched with a seed derived from it and i)"),
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
-    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="sampling temperature (default: each method's own, 0.7)"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="sampling temperature (default: the model's search_defaults.json, else each method's own, 0.7)"),
     param: List[str] = typer.Option([], "--param", "-p", help="KEY=V1,V2: another method parameter to vary, e.g. width=2,4 or nodes=32,64 (repeatable)"),
     numbers: Optional[int] = typer.Option(None, "--numbers", min=3, max=6, help="input numbers per puzzle (default: from the model name, else 4)"),
     trace: bool = typer.Option(True, "--trace/--no-trace", help="store each puzzle's event trace"),
@@ -72,8 +72,12 @@ def bench(
     method_list = parse_list(methods, str, "--methods")
     if not method_list:
         raise SbtError("--methods is empty")
+    from sbt_core.models import search_defaults
+    from harness.runner import infer_numbers
+
     specs = plan_matrix(method_list, parse_list(n, int, "--n"), parse_list(b, int, "--b"),
-                        parse_list(model, str, "--model") or [None], temperature, parse_param_options(param))
+                        parse_list(model, str, "--model") or [None], temperature, parse_param_options(param),
+                        model_defaults=lambda m: search_defaults(m, numbers or infer_numbers(m)))
     err = Console(stderr=True, highlight=False)
     progress = RichProgress(err, n_runs=len(specs)) if not quiet else None
     bench = Bench(None, specs, split=None if puzzles else split, puzzles_file=puzzles, data=data,  # type: ignore[arg-type]

@@ -9,8 +9,9 @@ import typer
 from rich.console import Console
 
 from sbt_core.countdown import parse_puzzle
-from sbt_core.errors import SbtError
-from sbt_core.search import METHODS
+from sbt_core.errors import NoSolutionError, SbtError
+from sbt_core.search import METHODS, method_params
+from sbt_core.solver import is_solvable
 from sbt_core.search.events import Done
 
 DEFAULT_METHOD = "self-backtrack"
@@ -26,7 +27,7 @@ def solve(
     b: Optional[int] = typer.Option(None, "--b", help="self-backtrack: rounds of re-expansion (default 1)"),
     width: Optional[int] = typer.Option(None, "--width", help="beam: beam width (default 4)"),
     nodes: Optional[int] = typer.Option(None, "--nodes", help="dfs: node budget (default 32)"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="sampling temperature (default 0.7)"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="sampling temperature (default: the model's search_defaults.json, else 0.7)"),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="sample from the k most likely tokens (0: all)"),
     seed: int = typer.Option(0, "--seed", help="random seed (same seed, same output)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
@@ -48,19 +49,26 @@ def _solve(text: str, method: str, model: str | None, backend_name: str, given: 
     if method not in METHODS:
         raise SbtError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     spec = METHODS[method]
-    params = {**spec.defaults, **{k: v for k, v in given.items() if k in spec.defaults and v is not None}}
-    engine = None
+    engine, model_defaults = None, {}
     if spec.needs_model:
+        if not is_solvable(p.numbers, p.target):  # no search can verify; say so instead of searching
+            raise NoSolutionError(f"{p} has no solution: no way of combining the numbers reaches {p.target} "
+                                  "(checked by the exact solver)")
         from sbt_core.backends import load_backend
+        from sbt_core.models import search_defaults
 
+        model_defaults = search_defaults(model, len(p.numbers))
         engine = load_backend(model, backend_name, n_numbers=len(p.numbers))
+    params = method_params(method, model_defaults, given)
     console = Console(highlight=False)
     view = None
     if not as_json:
         from .solve_view import SearchView
 
-        where = f"  model: {engine.model_name} ({engine.backend_name})" if engine else ""
-        console.print(f"[bold]{p}[/]  method: {method}{where}")
+        where = f"  {engine.model_name} ({engine.backend_name})" if engine else ""
+        shown = " ".join(f"{'T' if k == 'temperature' else k}={v}" for k, v in params.items()
+                         if k in ("n", "b", "width", "nodes", "temperature"))
+        console.print(f"[bold]{p}[/]  {' '.join(filter(None, (method, shown)))}{where}")
         view = SearchView(console)
     events, result = [], None
     for event in spec.run(p, engine, params, seed):

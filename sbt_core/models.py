@@ -81,3 +81,39 @@ def files_sha256(files) -> str:
 def model_sha256(path: str | os.PathLike) -> str:
     """sha256 over the weight files (sorted by name), as hex; identifies a checkpoint."""
     return files_sha256(weight_files(Path(path)))
+
+
+SEARCH_DEFAULTS_FILE = "search_defaults.json"
+SEARCH_DEFAULT_KEYS = {"temperature": float, "top_k": int}  # sampling settings; budgets (n, b) stay explicit
+
+
+def model_dir_of(name_or_path: str | os.PathLike) -> Path:
+    """The directory a model name, directory or ``.gguf`` file stands for (not checked)."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if os.sep not in text and "/" not in text and (models_dir() / text).is_dir():
+        path = models_dir() / text
+    return path.parent if path.is_file() else path
+
+
+def search_defaults(name_or_path: str | os.PathLike | None, n_numbers: int = 4) -> dict:
+    """The sampling settings a model recommends for search, e.g. ``{"temperature": 1.0}``.
+
+    Read from ``search_defaults.json`` in the model directory (the model card says how
+    they were chosen: on val, never on test); ``{}`` when the model has none. They sit
+    between a method's own defaults and what the user passes. Other keys of the file
+    (``chosen_on``, notes) are documentation.
+    """
+    path = model_dir_of(name_or_path or default_model(n_numbers)) / SEARCH_DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        out = {k: cast(raw[k]) for k, cast in SEARCH_DEFAULT_KEYS.items() if k in raw}
+    except (OSError, ValueError, TypeError) as exc:
+        raise SbtError(f"{path} is unreadable ({exc})") from None
+    if out.get("temperature", 0) < 0 or out.get("top_k", 0) < 0:
+        raise SbtError(f"{path}: temperature and top_k must not be negative")
+    return out

@@ -106,3 +106,48 @@ def test_bad_search_parameters_are_one_line_exit_2(monkeypatch):
     monkeypatch.setattr(backends, "load_backend", lambda *a, **k: ScriptedBackend(default=solver_continuation))
     line = one_error_line(runner.invoke(app, ["solve", "3 4 5 7 -> 41", "--n", "0"]))
     assert "n must be at least 1" in line
+
+
+def test_unsolvable_puzzle_is_one_line_exit_1_before_any_model_loads(no_models):
+    line = one_error_line(runner.invoke(app, ["solve", "1 1 1 1 -> 999"]), code=1)
+    assert "no solution" in line and "999" in line
+    one_error_line(runner.invoke(app, ["solve", "1 1 1 1 -> 999", "--json", "--method", "greedy"]), code=1)
+
+
+def test_model_search_defaults_sit_between_method_defaults_and_options(model_dir, tmp_path):
+    import shutil
+
+    model = shutil.copytree(model_dir, tmp_path / "tuned")
+
+    def params(*extra):
+        result = runner.invoke(app, ["solve", "3 4 5 7 -> 41", "--model", str(model), "--n", "2", "--json", *extra])
+        assert result.exit_code in (0, 1), result.output
+        return json.loads(result.stdout)["params"]
+
+    assert params()["temperature"] == 0.7  # no search_defaults.json: the method's default
+    (model / "search_defaults.json").write_text(json.dumps({"temperature": 1.3, "chosen_on": "val"}))
+    assert params()["temperature"] == 1.3
+    assert params("--temperature", "0.2")["temperature"] == 0.2
+    assert "temperature" not in params("--method", "greedy")
+    human = runner.invoke(app, ["solve", "3 4 5 7 -> 41", "--model", str(model), "--n", "2"])
+    assert "n=2 b=1 T=1.3" in human.stdout.splitlines()[0]
+    (model / "search_defaults.json").write_text('{"temperature": "hot"}')
+    line = one_error_line(runner.invoke(app, ["solve", "3 4 5 7 -> 41", "--model", str(model)]))
+    assert "search_defaults.json" in line
+
+
+def test_bench_records_the_model_search_defaults(model_dir, tmp_path):
+    import shutil
+    import sqlite3
+
+    model = shutil.copytree(model_dir, tmp_path / "tuned")
+    (model / "search_defaults.json").write_text(json.dumps({"temperature": 1.3}))
+    puzzles = tmp_path / "p.jsonl"
+    puzzles.write_text('{"numbers": [3, 4, 5, 7], "target": 41}\n')
+    db = tmp_path / "r.db"
+    result = runner.invoke(app, ["bench", "--puzzles", str(puzzles), "--model", str(model), "--methods",
+                                 "self-backtrack,greedy", "--n", "1", "--b", "0", "--db", str(db), "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = sqlite3.connect(db).execute("select method, params from runs order by method").fetchall()
+    params = {m: json.loads(p) for m, p in rows}
+    assert params["self-backtrack"]["temperature"] == 1.3 and "temperature" not in params["greedy"]

@@ -90,6 +90,15 @@ def test_plan_matrix_skips_meaningless_combinations():
         parse_param_options(["width"])
 
 
+def test_plan_matrix_model_defaults_between_method_defaults_and_options():
+    tuned = {"m1": {"temperature": 1.0}}
+    specs = plan_matrix(["greedy", "self-backtrack"], [8], [1], ["m1", "m2"], model_defaults=lambda m: tuned.get(m, {}))
+    temps = {(s.method, s.model): s.params_dict.get("temperature") for s in specs}
+    assert temps == {("greedy", "m1"): None, ("greedy", "m2"): None,
+                     ("self-backtrack", "m1"): 1.0, ("self-backtrack", "m2"): 0.7}
+    forced = plan_matrix(["self-backtrack"], [8], [1], ["m1"], 0.5, model_defaults=lambda m: tuned.get(m, {}))
+    assert forced[0].params_dict["temperature"] == 0.5
+
 def test_bench_in_process_resume_and_models(tmp_path):
     path = tmp_path / "p.jsonl"
     fakes.make_puzzles(path, 12)

@@ -221,7 +221,7 @@ def test_bad_files_one_line_errors(model_dir, tmp_path):
 
 
 def test_solve_cli_without_torch(model_dir):
-    code = ("import sys, json; from sbt_cli.app import main; sys.argv = ['sbt', 'solve', '2 3 5 -> 30', '--backend', "
+    code = ("import sys, json; from sbt_cli.app import _main as main; sys.argv = ['sbt', 'solve', '2 3 5 -> 30', '--backend', "
             f"'llama', '--model', {str(model_dir)!r}, '--n', '4', '--json']\n"
             "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr); sys.exit(code)")

@@ -57,6 +57,17 @@ def _registry() -> dict[str, Method]:
 METHODS: dict[str, Method] = _registry()
 
 
+def method_params(method: str, *layers: dict | None) -> dict[str, Any]:
+    """``method``'s defaults overlaid by each layer in turn (e.g. the model's search
+    defaults, then the user's choices); keys the method does not take and ``None`` values
+    are skipped."""
+    spec = METHODS[method]
+    params = dict(spec.defaults)
+    for layer in layers:
+        params.update({k: v for k, v in (layer or {}).items() if k in spec.defaults and v is not None})
+    return params
+
+
 def run_search(method: str, puzzle: Puzzle, backend=None, params: dict | None = None, seed: int = 0) -> SearchResult:
     """Run a method to completion and return its result (events discarded)."""
     result = None
