@@ -9,7 +9,9 @@ limit=${1:-1000}
 for n in 3 4; do
   [ -d "models/countdown$n-backtrack" ] || { echo "skip countdown$n: models/countdown$n-backtrack missing"; continue; }
   for split in test_new test_seen; do
-    common=(--split "$split" --limit "$limit" --seed 0 --no-trace -q)
+    # the paper's temperature 0.7 throughout (countdown4-backtrack's own default, 1.0 from its
+    # search_defaults.json, gets its own rows below)
+    common=(--split "$split" --limit "$limit" --seed 0 --no-trace -q --temperature 0.7)
     if [ -d "models/countdown$n-sft" ]; then
       sbt bench "${common[@]}" --model "countdown$n-sft" --methods greedy,beam,best-of-n --n 8,16,32
       sbt bench "${common[@]}" --model "countdown$n-sft" --methods pass@n --n 32
@@ -23,7 +25,7 @@ done
 # llama.cpp backend on the shipped GGUFs (parity of self-backtracking accuracy with torch)
 if [ -f models/countdown4-backtrack/model-q8_0.gguf ] && python -c "import llama_cpp" 2>/dev/null; then
   for q in q8_0 q4_0; do
-    SBT_LLAMA_QUANT=$q sbt bench --split test_new --limit "$limit" --seed 0 --no-trace -q --backend llama \
+    SBT_LLAMA_QUANT=$q sbt bench --split test_new --limit "$limit" --seed 0 --no-trace -q --backend llama --temperature 0.7 \
       --model countdown4-backtrack --methods self-backtrack --n 32 --b 1
   done
   # temperature 1.0 (the better one on val for countdown4-backtrack) on q8_0

@@ -6,9 +6,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-from sbt_core.generate import GeneratorConfig, generate
 
 app = typer.Typer(help="Build Countdown puzzle splits.", no_args_is_help=True)
 
@@ -31,6 +28,10 @@ def generate_cmd(
                                               "(same --seed: same held-out targets)"),
 ) -> None:
     """Generate train / val / test_seen / test_new splits (Stream-of-Search style)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from sbt_core.generate import GeneratorConfig, generate
+
     cfg = GeneratorConfig(n_numbers=numbers, seed=seed, min_number=min_number, max_number=max_number,
                           sizes={"train": train, "val": val, "test_seen": test_seen, "test_new": test_new})
     with Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
