@@ -20,6 +20,7 @@ def train_cmd(
     back_ratio: float = typer.Option(1.0, "--back-ratio", help="|D_back| / |D_op|"),
     kinds: str = typer.Option("1:2:2", "--kinds", help="exploration:computational:rule error weights"),
     goal_forcing: float = typer.Option(0.5, "--goal-forcing", help="share of computational errors that are a last step claiming the target with wrong arithmetic"),
+    honest_last: float = typer.Option(0.0, "--honest-last", min=0.0, max=1.0, help="share of paths that also get a last step with its true result (another operation, missing the target) then <backtrack>; the result is trained, so last steps are computed, not copied from the target"),
     own_errors: float = typer.Option(1.0, "--own-errors", help="with --paths from `sbt harvest --mistakes`: share of the model's own false goal claims made into backtracking examples"),
     size: str = typer.Option("small", "--size", help="tiny|small|medium|large (ignored with --base-model)"),
     base_model: Optional[Path] = typer.Option(None, "--base-model", help="fine-tune a local HF causal-LM dir"),
@@ -59,7 +60,7 @@ def train_cmd(
     if not (data_dir / "train.jsonl").is_file():
         raise SbtError(f"no training data in {data_dir}; run: sbt data generate --numbers {numbers} --out {data_dir}")
     cfg = TrainConfig(out=str(out), data_dir=str(data_dir), data=data, back_ratio=back_ratio, kind_weights=weights, goal_forcing=goal_forcing, own_errors=own_errors,
-                      size=size, base_model=str(base_model) if base_model else None, train_puzzles=train_puzzles,
+                      honest_last=honest_last, size=size, base_model=str(base_model) if base_model else None, train_puzzles=train_puzzles,
                       batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every or 500,
                       eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, compile=compile_, threads=threads, ema=ema,
                       paths_file=str(paths) if paths else None, extra_puzzles=str(extra_puzzles) if extra_puzzles else None)

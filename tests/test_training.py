@@ -12,7 +12,7 @@ from sbt_core.countdown import Failure, Puzzle, Step, apply_step, verify
 from sbt_core.solver import is_solvable
 from sbt_core.tokenizer import build_tokenizer
 from sbt_core.trace import parse_response
-from training.data import Recipe, back_example, encode, examples_for, op_example
+from training.data import Recipe, back_example, encode, examples_for, honest_last_example, op_example
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,33 @@ def test_back_mask_hides_prompt_and_wrong_step(tok):
     assert trained_text(tok, ex) == "5 * 3 = 15\n<backtrack><eos>"
     ex0 = back_example(p, [], Step(7, "-", 2, 5), "rule")
     assert trained_text(tok, ex0) == "<backtrack><eos>"
+
+
+def test_honest_last_trains_the_true_result_of_a_missing_last_step(tok):
+    p = Puzzle((2, 3, 5), 30)
+    path = [Step(5, "*", 3, 15), Step(15, "*", 2, 30)]
+    seen = set()
+    for seed in range(40):
+        ex = honest_last_example(p, path, random.Random(seed))
+        last = ex.response.splitlines()[1]
+        a, op, b, _, r = last.split()
+        assert ex.kind == "honest-last" and ex.response.startswith("5 * 3 = 15\n") and ex.response.endswith("<backtrack>")
+        assert int(r) == {"+": 17, "-": 13, "/": None}.get(op, int(r)) and int(r) != 30  # true result, not the target
+        assert trained_text(tok, ex) == f"{r}\n<backtrack><eos>"
+        seen.add(op)
+    assert seen == {"+", "-"}  # 15 * 2 is the path's own step (the target); 15 / 2 is not exact
+    lasts = {honest_last_example(Puzzle((3, 3), 9), [Step(3, "*", 3, 9)], random.Random(i)).response for i in range(30)}
+    assert lasts == {"3 + 3 = 6\n<backtrack>", "3 - 3 = 0\n<backtrack>", "3 / 3 = 1\n<backtrack>"}
+
+
+def test_honest_last_share_and_off_by_default():
+    p, path = Puzzle((19, 90, 41, 32), 80), None
+    base = [e.text for e in examples_for(p, Recipe(), random.Random(3))]
+    assert base == [e.text for e in examples_for(p, Recipe(honest_last=0.0), random.Random(3))]
+    kinds = [e.kind for e in examples_for(p, Recipe(honest_last=1.0), random.Random(3))]
+    assert kinds.count("honest-last") == 1 and kinds[0] == "op"
+    with pytest.raises(ValueError):
+        Recipe(honest_last=1.5)
 
 
 def test_op_only_recipe_has_no_backtracking():

@@ -38,6 +38,12 @@ class Recipe:
     # the share of the model's OWN false goal claims in a paths file (`sbt harvest --mistakes`)
     # that become backtracking examples: its prefix and wrong step masked, <backtrack> trained
     own_errors: float = 1.0
+    # the share of paths that also get an "honest-last" example: the solution's last two
+    # numbers combined by another operation, its CORRECT result (which misses the target),
+    # then <backtrack>. The operation is masked; the result and <backtrack> are trained, so a
+    # last step is computed rather than copied from the target (a positive last step always
+    # equals the target, which lets a small model learn to write the target whatever the sum).
+    honest_last: float = 0.0
 
     def __post_init__(self) -> None:
         if self.data not in ("op", "op+back"):
@@ -46,6 +52,8 @@ class Recipe:
             raise ValueError(f"--goal-forcing must be between 0 and 1, got {self.goal_forcing}")
         if not 0.0 <= self.own_errors <= 1.0:
             raise ValueError(f"--own-errors must be between 0 and 1, got {self.own_errors}")
+        if not 0.0 <= self.honest_last <= 1.0:
+            raise ValueError(f"--honest-last must be between 0 and 1, got {self.honest_last}")
         self.kind_weights = tuple(float(w) for w in self.kind_weights)
 
     def to_json(self) -> dict:
@@ -77,6 +85,24 @@ def back_example(puzzle: Puzzle, prefix: list[Step], wrong: Step, kind: str, tra
     end = start + len(f"{wrong}\n")
     masked = [(0, len(p)), (start, end)] if train_prefix else [(0, end)]
     return Example(p, render_backtrack(prefix, wrong), kind, masked)
+
+
+def honest_last_example(puzzle: Puzzle, path: list[Step], rng: random.Random) -> Example | None:
+    """The path's prefix, then the last two numbers combined by another legal operation
+    with its true result (not the target), then ``<backtrack>``; only the result, the
+    newline, ``<backtrack>`` and the end token are trained. None when every operation on
+    the last two numbers gives the target."""
+    state = tuple(sorted(puzzle.numbers))
+    for step in path[:-1]:
+        state = apply_step(state, step)
+    moves = [m for m in legal_steps(state) if m.result != puzzle.target] if len(state) == 2 else []
+    if not moves:
+        return None
+    last = rng.choice(moves)
+    p = prompt(puzzle)
+    start = len(p) + len(render_steps(path[:-1]))
+    return Example(p, render_backtrack(path[:-1], last), "honest-last",
+                   [(0, start), (start, start + len(f"{last.a} {last.op} {last.b} = "))])
 
 
 # ---- wrong steps -----------------------------------------------------------------
@@ -206,6 +232,11 @@ def examples_for(puzzle: Puzzle, recipe: Recipe, rng: random.Random,
                 break
             if attempt % 4 == 3:  # this kind is impossible here: try the next one
                 kind = ERROR_KINDS[(ERROR_KINDS.index(kind) + 1) % len(ERROR_KINDS)]
+    # (no draw when the option is off: the same examples as before it existed)
+    if recipe.honest_last > 0 and (recipe.honest_last >= 1 or rng.random() < recipe.honest_last):
+        honest = honest_last_example(puzzle, path, rng)
+        if honest is not None:
+            out.append(honest)
     return out
 
 

@@ -40,6 +40,7 @@ class TrainConfig:
     kind_weights: tuple = (1.0, 2.0, 2.0)
     goal_forcing: float = 0.5  # share of computational errors that fake the goal (training/data.py)
     own_errors: float = 1.0  # share of a paths file's own mistakes (sbt harvest --mistakes) trained on
+    honest_last: float = 0.0  # share of paths that also get an honest-last example (training/data.py)
     size: str = "small"
     base_model: str | None = None
     train_puzzles: int | None = None
@@ -67,7 +68,8 @@ class TrainConfig:
     extra_puzzles: str | None = None
 
     def recipe(self) -> Recipe:
-        return Recipe(self.data, self.back_ratio, tuple(self.kind_weights), self.goal_forcing, self.own_errors)
+        return Recipe(self.data, self.back_ratio, tuple(self.kind_weights), self.goal_forcing, self.own_errors,
+                      self.honest_last)
 
 
 @dataclass
