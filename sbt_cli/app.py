@@ -132,13 +132,14 @@ def _exit_now(code) -> None:
 
 
 def main() -> None:
+    no_teardown = sys.argv[1:2] and sys.argv[1] in NO_TEARDOWN
     try:
         _main()
     except SystemExit as exc:
-        if sys.argv[1:2] and sys.argv[1] in NO_TEARDOWN:
+        if no_teardown:
             _exit_now(exc.code)
         raise
-    if sys.argv[1:2] and sys.argv[1] in NO_TEARDOWN:
+    if no_teardown:
         _exit_now(0)
 
 

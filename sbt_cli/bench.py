@@ -66,14 +66,14 @@ def bench(
     from rich.console import Console
 
     from harness.report import build_report, render
-    from harness.runner import Bench, BenchInterrupted, RichProgress, NullObserver, parse_list, parse_param_options, plan_matrix
+    from harness.runner import (Bench, BenchInterrupted, RichProgress, NullObserver, infer_numbers, parse_list,
+                                parse_param_options, plan_matrix)
     from harness.store import open_store
 
     method_list = parse_list(methods, str, "--methods")
     if not method_list:
         raise SbtError("--methods is empty")
     from sbt_core.models import search_defaults
-    from harness.runner import infer_numbers
 
     specs = plan_matrix(method_list, parse_list(n, int, "--n"), parse_list(b, int, "--b"),
                         parse_list(model, str, "--model") or [None], temperature, parse_param_options(param),

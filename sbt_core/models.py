@@ -35,9 +35,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     directory (config, weights and tokenizer).
     """
     text = str(name_or_path)
-    candidates = [Path(text).expanduser()]
-    if os.sep not in text and "/" not in text:
-        candidates.insert(0, models_dir() / text)
+    candidates = _candidates(text)
     path = next((p for p in candidates if p.is_dir()), None)
     if path is None:
         if any(p.exists() for p in candidates):
@@ -46,6 +44,13 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
         raise SbtError(f"model {text!r} not found{where}; train one with `sbt train` or pass --model DIR")
     check_model_dir(path)
     return path.resolve()
+
+
+def _candidates(text: str) -> list[Path]:
+    """Where a model called ``text`` may live: ``models/<text>`` first for a bare name, then
+    ``text`` as a path."""
+    path = Path(text).expanduser()
+    return [models_dir() / text, path] if os.sep not in text and "/" not in text else [path]
 
 
 def check_model_dir(path: Path) -> None:
@@ -89,10 +94,8 @@ SEARCH_DEFAULT_KEYS = {"temperature": float, "top_k": int}  # sampling settings;
 
 def model_dir_of(name_or_path: str | os.PathLike) -> Path:
     """The directory a model name, directory or ``.gguf`` file stands for (not checked)."""
-    text = str(name_or_path)
-    path = Path(text).expanduser()
-    if os.sep not in text and "/" not in text and (models_dir() / text).is_dir():
-        path = models_dir() / text
+    candidates = _candidates(str(name_or_path))
+    path = next((p for p in candidates if p.is_dir()), candidates[-1])
     return path.parent if path.is_file() else path
 
 

@@ -87,14 +87,20 @@ def back_example(puzzle: Puzzle, prefix: list[Step], wrong: Step, kind: str, tra
     return Example(p, render_backtrack(prefix, wrong), kind, masked)
 
 
+def _state_after(puzzle: Puzzle, steps: list[Step]) -> tuple[int, ...]:
+    """The numbers left after ``steps`` (sorted)."""
+    state = tuple(sorted(puzzle.numbers))
+    for step in steps:
+        state = apply_step(state, step)
+    return state
+
+
 def honest_last_example(puzzle: Puzzle, path: list[Step], rng: random.Random) -> Example | None:
     """The path's prefix, then the last two numbers combined by another legal operation
     with its true result (not the target), then ``<backtrack>``; only the result, the
     newline, ``<backtrack>`` and the end token are trained. None when every operation on
     the last two numbers gives the target."""
-    state = tuple(sorted(puzzle.numbers))
-    for step in path[:-1]:
-        state = apply_step(state, step)
+    state = _state_after(puzzle, path[:-1])
     moves = [m for m in legal_steps(state) if m.result != puzzle.target] if len(state) == 2 else []
     if not moves:
         return None
@@ -220,9 +226,7 @@ def examples_for(puzzle: Puzzle, recipe: Recipe, rng: random.Random,
         for attempt in range(len(ERROR_KINDS) * 4):
             claim_goal = forcing and attempt == 0  # on the path: the last step (then the usual kinds)
             k = len(path) - 1 if claim_goal else rng.randrange(len(path))
-            state = tuple(sorted(puzzle.numbers))
-            for step in path[:k]:
-                state = apply_step(state, step)
+            state = _state_after(puzzle, path[:k])
             if claim_goal:
                 wrong = goal_forcing_error(state, puzzle.target, rng)
             else:
