@@ -58,7 +58,7 @@ def test_logits_match_transformers_with_padding_and_cache(tmp_path, name, overri
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         want = ref(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-        cache = ours.new_cache()
+        cache = ours.new_cache(capacity=width)  # the decode steps below grow it
         got = ours(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache).logits
         assert torch.allclose(got[mask.bool()], want[mask.bool()], atol=1e-5)
         # two decode steps through the cache == one pass over the longer sequence

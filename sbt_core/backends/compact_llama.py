@@ -11,8 +11,8 @@ forces that route.
 
 The call signature follows the transformers model (``input_ids``, ``attention_mask``,
 ``position_ids``, ``past_key_values``, ``logits_to_keep``; returns an object with
-``.logits``) and ``KVCache`` has the two batch operations our sampler uses
-(``batch_repeat_interleave``, ``batch_select_indices``), so one sampling loop serves both.
+``.logits``) and ``KVCache`` has the batch operation our sampler uses
+(``batch_select_indices``, as transformers' caches), so one sampling loop serves both.
 """
 
 from __future__ import annotations
@@ -54,29 +54,52 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 class KVCache:
-    """Keys and values per layer, shape (batch, kv_heads, seq, head_dim)."""
+    """Keys and values per layer in preallocated buffers, shape (batch, kv_heads, capacity,
+    head_dim); the first ``length()`` positions are filled. A decode step writes one
+    position in place instead of concatenating (which copied the whole cache every token);
+    the buffers grow (doubling) if a call runs past ``capacity``."""
 
-    def __init__(self, n_layers: int) -> None:
+    def __init__(self, n_layers: int, capacity: int = 0) -> None:
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.capacity = capacity
+        self._used = 0
 
     def length(self) -> int:
-        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+        return self._used
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        """Write ``k``/``v`` after the filled positions; the filled keys and values so far.
+        The model calls ``advance`` once all layers have written."""
+        start, end = self._used, self._used + k.shape[2]
+        if self.keys[layer] is None or end > self.keys[layer].shape[2]:
+            self.keys[layer] = self._grown(self.keys[layer], k, end)
+            self.values[layer] = self._grown(self.values[layer], v, end)
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
-    def batch_repeat_interleave(self, n: int) -> None:
-        self.keys = [k.repeat_interleave(n, 0) for k in self.keys]
-        self.values = [v.repeat_interleave(n, 0) for v in self.values]
+    def advance(self, t: int) -> None:
+        self._used += t
+
+    def _grown(self, old: torch.Tensor | None, like: torch.Tensor, needed: int) -> torch.Tensor:
+        size = max(needed, self.capacity, 2 * old.shape[2] if old is not None else 0)
+        buf = like.new_empty((like.shape[0], like.shape[1], size, like.shape[3]))
+        if old is not None:
+            buf[:, :, :self._used] = old[:, :, :self._used]
+        return buf
+
+    def _rows(self, pick) -> None:
+        """New buffers holding ``pick(filled part)`` of every layer (same capacity)."""
+        for store in (self.keys, self.values):
+            for i, buf in enumerate(store):
+                rows = pick(buf[:, :, :self._used])
+                new = buf.new_empty((rows.shape[0], *buf.shape[1:]))
+                new[:, :, :self._used] = rows
+                store[i] = new
 
     def batch_select_indices(self, idx: torch.Tensor) -> None:
-        self.keys = [k[idx] for k in self.keys]
-        self.values = [v[idx] for v in self.values]
+        self._rows(lambda filled: filled.index_select(0, idx))
 
 
 class RMSNorm(nn.Module):
@@ -204,8 +227,9 @@ class CompactLlama(nn.Module):
         model.inv_freq = _inv_freq(model.config)  # rotary frequencies stay float32 in any dtype
         return model
 
-    def new_cache(self) -> KVCache:
-        return KVCache(len(self.model.layers))
+    def new_cache(self, capacity: int = 0) -> KVCache:
+        """An empty cache; ``capacity`` positions are allocated at the first write."""
+        return KVCache(len(self.model.layers), capacity)
 
     def _rotary(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[:, :, None].float() * self.inv_freq.float()[None, None, :]
@@ -231,6 +255,8 @@ class CompactLlama(nn.Module):
         cos, sin = self._rotary(position_ids, x.dtype)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, mask, past_key_values, i)
+        if past_key_values is not None:
+            past_key_values.advance(t)
         x = self.model.norm(x)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]

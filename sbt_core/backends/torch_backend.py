@@ -3,11 +3,14 @@
 Plain Llama directories (ours) run on ``compact_llama`` (same maths as transformers,
 without its 3 s import); anything else loads with transformers ``AutoModelForCausalLM``
 (``SBT_TORCH_IMPL=transformers`` forces that). Sampling is our own short loop over
-``model.forward`` with a KV cache: distinct prompts are prefilled once (left-padded), the
-cache is repeated ``n`` times, finished rows are dropped from the batch, and every call
-draws from its own seeded ``torch.Generator``. Beam search uses transformers'
+``model.forward`` with a KV cache: distinct prompts are prefilled once (left-padded) and
+decoded as a sampling tree: samples whose tokens so far are identical share one cache row,
+a row splits when its samples draw different tokens, finished rows are dropped once they are
+a quarter of the batch. Every sample still draws from its own row's distribution in sample
+order, so the draws (and outputs) equal one cache row per sample; every call draws from its
+own seeded ``torch.Generator``. Beam search uses transformers'
 ``generate``. All log-probs are of the untempered distribution. Threads:
-``SBT_NUM_THREADS`` or ``OMP_NUM_THREADS``, else one for small models; dtype: ``SBT_DTYPE``
+``SBT_NUM_THREADS`` or ``OMP_NUM_THREADS``, else torch's default (all cores); dtype: ``SBT_DTYPE``
 (float32 | bfloat16); device: ``SBT_DEVICE`` (cpu | cuda | auto).
 """
 
@@ -29,16 +32,15 @@ from .base import Completion, finish_reason  # noqa: E402
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
-SMALL_MODEL_PARAMS = 50_000_000  # below this, one thread decodes fastest (and shares the CPU)
+COMPACT_AT = 4  # drop finished rows from the batch once they are a quarter of it (each drop copies the cache)
 
-
-def configure_threads(n_params: int = 0) -> None:
-    """Threads from ``SBT_NUM_THREADS`` / ``OMP_NUM_THREADS``; else 1 for small models."""
+def configure_threads() -> None:
+    """Threads from ``SBT_NUM_THREADS`` / ``OMP_NUM_THREADS``; else torch's default (all
+    cores): with the in-place KV cache, 2 threads search ~1.4x faster than 1 here
+    (``benchmarks/bench_llama.py``; greedy is the same either way)."""
     n = os.environ.get("SBT_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
     if n and n.isdigit() and int(n) > 0:
         torch.set_num_threads(int(n))
-    elif n_params and n_params < SMALL_MODEL_PARAMS:
-        torch.set_num_threads(1)
 
 
 GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
@@ -135,7 +137,6 @@ class TorchBackend:
 
     def _setup(self, model, tokenizer, name: str, device: torch.device) -> None:
         self.model = model.to(device).eval()
-        configure_threads(sum(p.numel() for p in model.parameters()))
         accepted = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in accepted else "past_key_values"
         self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
@@ -150,9 +151,9 @@ class TorchBackend:
         self.marker_ids = {i for i in (tok.convert_tokens_to_ids(GOAL), tok.convert_tokens_to_ids(BACKTRACK))
                            if i is not None and i != unk}
 
-    def _new_cache(self):
+    def _new_cache(self, capacity: int = 0):
         if hasattr(self.model, "new_cache"):
-            return self.model.new_cache()
+            return self.model.new_cache(capacity)
         from transformers import DynamicCache
 
         return DynamicCache()
@@ -201,6 +202,20 @@ class TorchBackend:
                          **{self._cache_kw: cache}, **self._keep_last)
         return out.logits[:, -1, :]
 
+    @staticmethod
+    def _draw(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator):
+        """The next token of every row and its (untempered) log-prob."""
+        logp = torch.log_softmax(logits, dim=-1)
+        if temperature <= 0:
+            nxt = logits.argmax(-1)
+        else:
+            scaled = logits / temperature
+            if top_k and top_k < scaled.shape[-1]:
+                kth = torch.topk(scaled, top_k, dim=-1).values[:, -1:]
+                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+            nxt = torch.multinomial(torch.softmax(scaled, -1), 1, generator=gen).squeeze(-1)
+        return nxt, logp.gather(-1, nxt[:, None]).squeeze(-1)
+
     # -- Backend protocol ----------------------------------------------------------------
     @torch.inference_mode()
     def sample(self, prompts: list[str], n: int, temperature: float, max_new_tokens: int,
@@ -212,49 +227,51 @@ class TorchBackend:
         if limit:  # never run past the model's positions (hard length limit)
             max_new_tokens = max(0, min(max_new_tokens, limit - ids.shape[1]))
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = self._new_cache()
-        logits = self._step(ids, mask, pos, cache)
-        if n > 1:
-            cache.batch_repeat_interleave(n)
-            logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
-            pos = pos.repeat_interleave(n, 0)
+        cache = self._new_cache(ids.shape[1] + max_new_tokens)
+        logits = self._step(ids, mask, pos, cache)  # one cache row per prompt
         next_pos = pos[:, -1:] + 1
         total = len(prompts) * n
-        alive = torch.arange(total, device=self.device)  # row -> output index
+        row_of = [k // n for k in range(total)]  # sample -> its cache row (samples so far identical share one)
+        rows = len(prompts)
         gen_ids: list[list[int]] = [[] for _ in range(total)]
         gen_lps: list[list[float]] = [[] for _ in range(total)]
         finish = ["length"] * total
         stops = self.newline_ids if stop_at_line else set()
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        live = list(range(total))  # samples still generating, in order
         for _ in range(max_new_tokens):
-            logits = logits.float()
-            logp = torch.log_softmax(logits, dim=-1)
-            if temperature <= 0:
-                nxt = logits.argmax(-1)
-            else:
-                scaled = logits / temperature
-                if top_k and top_k < scaled.shape[-1]:
-                    kth = torch.topk(scaled, top_k, dim=-1).values[:, -1:]
-                    scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-                nxt = torch.multinomial(torch.softmax(scaled, -1), 1, generator=gen).squeeze(-1)
-            lps = logp.gather(-1, nxt[:, None]).squeeze(-1)
-            keep = []
-            for row, (out, tok, lp) in enumerate(zip(alive.tolist(), nxt.tolist(), lps.tolist())):
-                gen_ids[out].append(tok)
-                gen_lps[out].append(lp)
+            # every live sample draws from its row's distribution, in sample order: the same
+            # draws as one cache row per sample
+            nxt, lps = self._draw(logits[torch.tensor([row_of[k] for k in live])].float(), temperature, top_k, gen)
+            branches: dict[tuple[int, int], int] = {}  # (cache row, token) -> next cache row
+            still = []
+            for k, tok, lp in zip(live, nxt.tolist(), lps.tolist()):
+                gen_ids[k].append(tok)
+                gen_lps[k].append(lp)
                 reason = finish_reason(tok, self.eos_id, self.marker_ids, stops)
                 if reason:
-                    finish[out] = reason
+                    finish[k] = reason
                 else:
-                    keep.append(row)
-            if not keep:
+                    still.append(k)
+                    branches.setdefault((row_of[k], tok), len(branches))
+            if not still:
                 break
-            if len(keep) < len(alive):
-                idx = torch.tensor(keep, device=self.device)
+            parents = [r for r, _ in branches]
+            kept = set(parents)
+            if len(kept) == len(parents) and (rows - len(kept)) * COMPACT_AT < rows:
+                # no sample split off and few rows finished: keep the layout (finished rows idle)
+                feed = torch.full((rows,), self.pad_id, dtype=torch.long)
+                feed[parents] = torch.tensor([t for _, t in branches])
+            else:  # new layout: one row per branch (a split copies its parent's cache)
+                for k in still:
+                    row_of[k] = branches[(row_of[k], gen_ids[k][-1])]
+                idx = torch.tensor(parents, device=self.device)
                 cache.batch_select_indices(idx)
-                alive, nxt, mask, next_pos = alive[idx], nxt[idx], mask[idx], next_pos[idx]
+                mask, next_pos, rows = mask[idx], next_pos[idx], len(parents)
+                feed = torch.tensor([t for _, t in branches])
+            live = still
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            logits = self._step(nxt[:, None], mask, next_pos, cache)
+            logits = self._step(feed.to(self.device)[:, None], mask, next_pos, cache)
             next_pos = next_pos + 1
         comps = [Completion(self._decode(i), i, l, f) for i, l, f in zip(gen_ids, gen_lps, finish)]
         return [comps[k * n:(k + 1) * n] for k in range(len(prompts))]
