@@ -89,17 +89,14 @@ class KVCache:
             buf[:, :, :self._used] = old[:, :, :self._used]
         return buf
 
-    def _rows(self, pick) -> None:
-        """New buffers holding ``pick(filled part)`` of every layer (same capacity)."""
+    def batch_select_indices(self, idx: torch.Tensor) -> None:
+        """Keep (and repeat) the rows ``idx``: new buffers of the same capacity, only the
+        filled positions copied."""
         for store in (self.keys, self.values):
             for i, buf in enumerate(store):
-                rows = pick(buf[:, :, :self._used])
-                new = buf.new_empty((rows.shape[0], *buf.shape[1:]))
-                new[:, :, :self._used] = rows
+                new = buf.new_empty((len(idx), *buf.shape[1:]))
+                new[:, :, :self._used] = buf[:, :, :self._used].index_select(0, idx)
                 store[i] = new
-
-    def batch_select_indices(self, idx: torch.Tensor) -> None:
-        self._rows(lambda filled: filled.index_select(0, idx))
 
 
 class RMSNorm(nn.Module):

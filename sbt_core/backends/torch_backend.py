@@ -34,10 +34,11 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 COMPACT_AT = 4  # drop finished rows from the batch once they are a quarter of it (each drop copies the cache)
 
+
 def configure_threads() -> None:
     """Threads from ``SBT_NUM_THREADS`` / ``OMP_NUM_THREADS``; else torch's default (all
-    cores): with the in-place KV cache, 2 threads search ~1.4x faster than 1 here
-    (``benchmarks/bench_llama.py``; greedy is the same either way)."""
+    cores): 2 threads self-backtrack ~7% faster than 1 on 2 cores here
+    (``benchmarks/bench_llama.py``; greedy about the same)."""
     n = os.environ.get("SBT_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
     if n and n.isdigit() and int(n) > 0:
         torch.set_num_threads(int(n))
