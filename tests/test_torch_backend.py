@@ -168,3 +168,36 @@ def test_length_never_runs_past_the_model_positions(backend):
         handle.remove()
     room = backend.model.config.max_position_embeddings - len(backend._prompt_ids(PROMPTS[0]))
     assert c.finish == "length" and len(c.token_ids) == room
+
+
+def test_model_calls_run_on_the_inference_threads_and_restore_torch_count(model_dir, monkeypatch):
+    monkeypatch.delenv("SBT_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    tb = TorchBackend(model_dir)
+    assert tb.threads == 1  # a small model: 1 thread unless asked
+    seen, step = [], tb._step
+    monkeypatch.setattr(tb, "_step", lambda *a: (seen.append(torch.get_num_threads()), step(*a))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # e.g. a training loop's own setting
+    try:
+        tb.sample(PROMPTS[:1], 2, 1.0, 4, seed=0)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setenv("SBT_NUM_THREADS", "2")
+    assert TorchBackend.from_model(tb.model, tb.tokenizer).threads == 2
+
+
+def test_inference_threads_defaults(monkeypatch):
+    from sbt_core.backends.base import inference_threads
+
+    monkeypatch.delenv("SBT_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert inference_threads(3_000_000) == 1
+    assert inference_threads(200_000_000) is None  # large: the library's default
+    assert inference_threads(200_000_000, 3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert inference_threads(3_000_000) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "zero")
+    assert inference_threads(3_000_000) == 1

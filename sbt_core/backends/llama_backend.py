@@ -41,11 +41,10 @@ import numpy as np
 
 from ..errors import SbtError
 from ..trace import BACKTRACK, GOAL
-from .base import Completion, finish_reason
+from .base import Completion, finish_reason, inference_threads
 from .light_tokenizer import special_ids
 
 QUANT_PREFERENCE = ("q8_0", "f16", "f32", "q4_k_m", "q4_0")
-SMALL_MODEL_PARAMS = 50_000_000
 INSTALL_HINT = ("pip install 'sbt[llama]' (build it with CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" "
                 "pip install --no-cache-dir llama-cpp-python; see docs/llama.md)")
 
@@ -222,12 +221,8 @@ class LlamaBackend:
             raise SbtError(f"{self.gguf_path} is not a GGUF file")
 
     def _threads(self, threads: int | None) -> int:
-        n = threads or os.environ.get("SBT_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
-        if n and str(n).isdigit() and int(n) > 0:
-            return int(n)
-        if self._ll.llama_model_n_params(self._model) < SMALL_MODEL_PARAMS:
-            return 1
-        return max(1, (os.cpu_count() or 2) // 2)
+        n = inference_threads(self._ll.llama_model_n_params(self._model), threads)
+        return n or max(1, (os.cpu_count() or 2) // 2)
 
     def _meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(1 << 20)

@@ -10,12 +10,14 @@ a quarter of the batch. Every sample still draws from its own row's distribution
 order, so the draws (and outputs) equal one cache row per sample; every call draws from its
 own seeded ``torch.Generator``. Beam search uses transformers'
 ``generate``. All log-probs are of the untempered distribution. Threads:
-``SBT_NUM_THREADS`` or ``OMP_NUM_THREADS``, else torch's default (all cores); dtype: ``SBT_DTYPE``
+``SBT_NUM_THREADS`` or ``OMP_NUM_THREADS``, else 1 for models under 50M parameters (each
+call sets them and restores torch's count after; ``base.inference_threads``); dtype: ``SBT_DTYPE``
 (float32 | bfloat16); device: ``SBT_DEVICE`` (cpu | cuda | auto).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from functools import cached_property
@@ -27,7 +29,7 @@ import torch  # noqa: E402
 
 from ..errors import SbtError  # noqa: E402
 from ..trace import BACKTRACK, GOAL  # noqa: E402
-from .base import Completion, finish_reason  # noqa: E402
+from .base import Completion, finish_reason, inference_threads  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -35,13 +37,31 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 COMPACT_AT = 4  # drop finished rows from the batch once they are a quarter of it (each drop copies the cache)
 
 
-def configure_threads() -> None:
-    """Threads from ``SBT_NUM_THREADS`` / ``OMP_NUM_THREADS``; else torch's default (all
-    cores): 2 threads self-backtrack ~7% faster than 1 on 2 cores here
-    (``benchmarks/bench_llama.py``; greedy about the same)."""
-    n = os.environ.get("SBT_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    if n and n.isdigit() and int(n) > 0:
-        torch.set_num_threads(int(n))
+class _Threads:
+    """Run a model call on ``n`` torch threads (None: as they are), then restore the count,
+    so that a training loop in the same process keeps its own."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n, self.saved = n, None
+
+    def __enter__(self) -> None:
+        if self.n and self.n != torch.get_num_threads():
+            self.saved = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is not None:
+            torch.set_num_threads(self.saved)
+            self.saved = None
+
+
+def _model_call(method):
+    """A backend method that runs the model: inference mode, on the backend's threads."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self._threads, torch.inference_mode():
+            return method(self, *args, **kwargs)
+    return call
 
 
 GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
@@ -111,7 +131,6 @@ class TorchBackend:
     backend_name = "torch"
 
     def __init__(self, path: str | os.PathLike, dtype: str | None = None, device: str | None = None) -> None:
-        configure_threads()
         self.path = Path(path)
         name = dtype or os.environ.get("SBT_DTYPE") or "float32"
         if name not in DTYPES:
@@ -130,7 +149,6 @@ class TorchBackend:
     def from_model(cls, model, tokenizer, name: str = "in-memory", device: str | None = None) -> "TorchBackend":
         """Wrap an already loaded model and tokenizer (tests, training loops)."""
         self = cls.__new__(cls)
-        configure_threads()
         self.path = None
         self._setup(model, tokenizer, name, _pick_device(device))
         self.__dict__["model_sha256"] = ""
@@ -138,6 +156,8 @@ class TorchBackend:
 
     def _setup(self, model, tokenizer, name: str, device: torch.device) -> None:
         self.model = model.to(device).eval()
+        self.threads = inference_threads(sum(p.numel() for p in model.parameters()))  # None: torch's
+        self._threads = _Threads(self.threads)
         accepted = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in accepted else "past_key_values"
         self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
@@ -218,7 +238,7 @@ class TorchBackend:
         return nxt, logp.gather(-1, nxt[:, None]).squeeze(-1)
 
     # -- Backend protocol ----------------------------------------------------------------
-    @torch.inference_mode()
+    @_model_call
     def sample(self, prompts: list[str], n: int, temperature: float, max_new_tokens: int,
                seed: int, top_k: int | None = None, stop_at_line: bool = False) -> list[list[Completion]]:
         if not prompts or n <= 0:
@@ -277,7 +297,7 @@ class TorchBackend:
         comps = [Completion(self._decode(i), i, l, f) for i, l, f in zip(gen_ids, gen_lps, finish)]
         return [comps[k * n:(k + 1) * n] for k in range(len(prompts))]
 
-    @torch.inference_mode()
+    @_model_call
     def beam(self, prompt: str, width: int, max_new_tokens: int) -> list[Completion]:
         ids = torch.tensor([self._prompt_ids(prompt)], device=self.device)
         out = self.generator_model.generate(
@@ -302,7 +322,7 @@ class TorchBackend:
     def score(self, prompt: str, continuation: str) -> list[float]:
         return self._token_logprobs(prompt, self.encode(continuation))
 
-    @torch.inference_mode()
+    @_model_call
     def _token_logprobs(self, prompt: str, cont: list[int]) -> list[float]:
         if not cont:
             return []
