@@ -15,8 +15,8 @@ def tui(
     backend: str = typer.Option("torch", "--backend", help="torch|llama|scripted"),
     n: int = typer.Option(8, "--n", help="samples per expansion"),
     b: int = typer.Option(1, "--b", help="backtracking budget (rounds of re-expansion)"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="sampling temperature (default: the "
-                                                "model's search_defaults.json, else 0.7)"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="sampling temperature (default: what "
+                                                "the model for each puzzle recommends in search_defaults.json, else 0.7)"),
     seed: int = typer.Option(0, "--seed", help="random seed"),
     split: str = typer.Option("test_new", "--split", help="split for random puzzles (data/*/SPLIT.jsonl)"),
     speed: int = typer.Option(16, "--speed", help="playback frames per second (0: instant)"),
@@ -33,11 +33,7 @@ def tui(
         raise SbtError(f"--speed must be one of {', '.join(map(str, SPEEDS))}")
     # a puzzle that cannot be read opens the app with it in the box and the error under it
     loaded = load_trace_file(trace) if trace is not None else None
-    if temperature is None:  # the model's recommendation (4-number default model when none is named)
-        from sbt_core.models import search_defaults
-
-        temperature = search_defaults(model).get("temperature", Settings.temperature)
-    settings = Settings(method=method, n=n, b=b, temperature=temperature, seed=seed, model=model,
+    settings = Settings(method=method, n=n, b=b, temperature=temperature, seed=seed, model=model,  # None: per puzzle
                         backend=backend, split=split)
     SbtApp(puzzle, settings, trace=loaded, speed=speed, db=db).run()
 

@@ -353,3 +353,21 @@ async def test_bad_puzzle_on_the_command_line_opens_with_the_error():
         assert app.query_one("#puzzle-error").display
         assert "'x' is not a whole number" in plain(app, "#puzzle-error")
         assert app.timeline is None and app.is_running
+
+
+def test_unset_temperature_is_the_recommendation_of_each_puzzles_model(tmp_path, monkeypatch):
+    from sbt_core.countdown import Puzzle
+
+    for name, defaults in (("countdown4-backtrack", {"temperature": 1.3}), ("countdown3-backtrack", None)):
+        (tmp_path / name).mkdir()
+        if defaults:
+            (tmp_path / name / "search_defaults.json").write_text(json.dumps(defaults))
+    monkeypatch.setenv("SBT_MODELS_DIR", str(tmp_path))
+    four, three = Puzzle((3, 4, 5, 7), 41), Puzzle((4, 5, 3), 27)
+    s = settings()
+    assert s.temperature is None
+    assert s.params_for(four)["temperature"] == 1.3
+    assert s.params_for(three)["temperature"] == 0.7  # the 3-number model has no recommendation
+    assert settings(temperature=0.2).params_for(four)["temperature"] == 0.2  # given: kept
+    (tmp_path / "countdown4-backtrack" / "search_defaults.json").write_text("{broken")
+    assert s.params_for(four)["temperature"] == 0.7  # unreadable: opening the model says why

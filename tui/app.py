@@ -218,7 +218,7 @@ class SbtApp(App):
     def start_search(self, puzzle: Puzzle) -> None:
         """Run a live search in a worker thread; its events stream into the timeline."""
         s = self.settings
-        self._new_timeline(puzzle, s.method, s.params, "live")
+        self._new_timeline(puzzle, s.method, s.params_for(puzzle), "live")
         self.live = True
         self._t0 = self.clock()
         if needs_model(s.method) and self.backend is None:
@@ -524,10 +524,10 @@ def _escape(text: str) -> str:
 
 def _settings_from(s: Settings, method: str, params: dict) -> Settings:
     keep = {}
-    for key in ("n", "b", "temperature"):
+    for key, cast in (("n", int), ("b", int), ("temperature", float)):
         if key in params:
             try:
-                keep[key] = type(getattr(s, key))(params[key])
+                keep[key] = cast(params[key])
             except (TypeError, ValueError):
                 pass
     return replace(s, method=method or s.method, **keep)

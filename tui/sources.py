@@ -27,21 +27,36 @@ class ModelUnavailable(SbtError):
     """The chosen method needs a model that cannot be opened."""
 
 
+FALLBACK_TEMPERATURE = 0.7  # a model without search_defaults.json: the paper's
+
+
 @dataclass
 class Settings:
     method: str = "self-backtrack"
     n: int = 8
     b: int = 1
-    temperature: float = 0.7
+    temperature: float | None = None  # None: what the puzzle's model recommends
     seed: int = 0
     model: str | None = None
     backend: str = "torch"
     split: str = "test_new"
     extra: dict = field(default_factory=dict)
 
-    @property
-    def params(self) -> dict:
-        return {"n": self.n, "b": self.b, "temperature": self.temperature, **self.extra}
+    def params_for(self, puzzle: Puzzle) -> dict:
+        """The method parameters for this puzzle: an unset temperature is the one the model
+        that will run it recommends (``search_defaults.json``; the default model depends
+        on the puzzle's size), else 0.7, as in ``sbt solve``."""
+        return {"n": self.n, "b": self.b, "temperature": self.temperature_for(puzzle), **self.extra}
+
+    def temperature_for(self, puzzle: Puzzle) -> float:
+        if self.temperature is not None:
+            return self.temperature
+        from sbt_core.models import search_defaults
+
+        try:
+            return search_defaults(self.model, len(puzzle.numbers)).get("temperature", FALLBACK_TEMPERATURE)
+        except SbtError:  # an unreadable file: opening the model reports what is wrong
+            return FALLBACK_TEMPERATURE
 
 
 def method_names() -> list[str]:
@@ -88,7 +103,7 @@ def live_events(puzzle: Puzzle, settings: Settings, backend=None) -> Iterator[Ev
         raise SbtError(f"unknown method {settings.method!r}; choose one of: {', '.join(method_names())}")
     if spec.needs_model and backend is None:
         backend = open_backend(settings, puzzle)
-    yield from spec.run(puzzle, backend, settings.params, settings.seed)
+    yield from spec.run(puzzle, backend, settings.params_for(puzzle), settings.seed)
 
 
 # --------------------------------------------------------------------------- stored traces

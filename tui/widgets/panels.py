@@ -91,7 +91,8 @@ class SettingsPanel(Static):
         t.add_column(style=P.DIM)
         t.add_column(style=P.TEXT, overflow="ellipsis", no_wrap=True)
         t.add_row("method", Text(s.method, style="bold " + P.ACCENT))
-        t.add_row("N · b · T", f"{s.n} · {s.b} · {s.temperature:g}   seed {s.seed}")
+        temp = "model's" if s.temperature is None else f"{s.temperature:g}"
+        t.add_row("N · b · T", f"{s.n} · {s.b} · {temp}   seed {s.seed}")
         t.add_row("model", f"{s.model or 'default'} ({s.backend})")
         t.add_row("speed", speed_label)
         self.update(t)

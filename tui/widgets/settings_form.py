@@ -37,7 +37,8 @@ class SettingsScreen(ModalScreen[Settings | None]):
                 yield Label("b (backtracks)")
                 yield Input(str(s.b), id="set-b", type="integer")
                 yield Label("temperature")
-                yield Input(f"{s.temperature:g}", id="set-temperature", type="number")
+                yield Input("" if s.temperature is None else f"{s.temperature:g}", id="set-temperature",
+                            type="number", placeholder="the model's (empty)")
                 yield Label("seed")
                 yield Input(str(s.seed), id="set-seed", type="integer")
                 yield Label("model")
@@ -63,14 +64,14 @@ class SettingsScreen(ModalScreen[Settings | None]):
 
         try:
             n, b, seed = int(val("set-n")), int(val("set-b")), int(val("set-seed"))
-            temperature = float(val("set-temperature"))
+            temperature = float(val("set-temperature")) if val("set-temperature") else None
         except ValueError:
             raise ValueError("N, b and seed must be whole numbers; temperature a number") from None
         if not 1 <= n <= 256:
             raise ValueError("N must be between 1 and 256")
         if not 0 <= b <= 16:
             raise ValueError("b must be between 0 and 16")
-        if not 0 <= temperature <= 5:
+        if temperature is not None and not 0 <= temperature <= 5:
             raise ValueError("temperature must be between 0 and 5")
         return replace(
             self.settings,
