@@ -37,6 +37,6 @@ fi
 # per weights: the results.db rows of "countdown3-backtrack-iterate" are from the stage-1 weights)
 sha=$(python -c "from sbt_core.models import model_sha256, resolve_model; print(model_sha256(resolve_model('countdown3-backtrack'))[:8])")
 sbt iterate --model countdown3-backtrack --rounds 3 --eval-limit "$limit" --experiment "countdown3-backtrack@$sha-iterate" -q
-sbt bench report --format markdown --out docs/leaderboard.md
-# the README's plot: test_new only (both splits make 30 curves)
+sbt bench report --all-weights --format markdown --out docs/leaderboard.md  # every checkpoint's curves
+# the README's plot: test_new only, the shipped weights (both splits make twice the curves)
 sbt bench report --split test_new --plot docs/scaling.png --plot docs/scaling.svg --format json --out /dev/null

@@ -69,6 +69,7 @@ class LeaderRow:
     failures: dict[str, int] = field(default_factory=dict)
     git_sha: str | None = None
     started: str | None = None
+    superseded: bool = False  # weights no longer shipped under this name (shown NAME@SHA8)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,6 +170,7 @@ def _tell_weights_apart(rows: list[LeaderRow]) -> None:
     for r in rows:
         if r.model in shipped and r.model_sha256 != shipped[r.model]:
             r.model = f"{r.model}@{(r.model_sha256 or 'unknown')[:8]}"
+            r.superseded = True
 
 
 def _shipped_sha(name: str) -> str | None:
@@ -291,7 +293,10 @@ def save_plots(curves: Sequence[Curve], paths: Sequence[str | Path], with_paper:
     axes_present = [a for a in ("n", "b") if any(c.axis == a for c in curves)]
     if not axes_present:
         return []
-    fig, axs = plt.subplots(1, len(axes_present), figsize=(6.2 * len(axes_present), 4.4), squeeze=False)
+    # the legend goes under each panel (it used to cover the curves): taller with more series
+    entries = max(sum(c.axis == a for c in curves) + (2 if a == "n" and with_paper else 0) for a in axes_present)
+    fig, axs = plt.subplots(1, len(axes_present), figsize=(6.2 * len(axes_present), 4.4 + 0.17 * entries),
+                            squeeze=False)
     for ax, axis in zip(axs[0], axes_present):
         cs = [c for c in curves if c.axis == axis]
         groups = len({(c.model, c.split) for c in cs})
@@ -319,7 +324,7 @@ def save_plots(curves: Sequence[Curve], paths: Sequence[str | Path], with_paper:
         ax.set_xlabel(_axis_title(axis))
         ax.set_ylabel("accuracy (%), 95% Wilson band")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     fig.suptitle("Test-time scaling on Countdown")
     fig.tight_layout()
     written = []
@@ -358,10 +363,13 @@ class Report:
         return out
 
 
-def build_report(store: Store, **filters) -> Report:
+def build_report(store: Store, all_weights: bool = False, **filters) -> Report:
+    """The leaderboard (every run) and the scaling curves: of the weights now shipped under
+    each name only, unless ``all_weights`` (superseded checkpoints, ``NAME@SHA8``, too)."""
     rows = leaderboard(store, **filters)
     iters = store.iterations()
-    return Report(rows, scaling_curves(rows), iters, str(store.path) if store.path else None)
+    curves = scaling_curves([r for r in rows if all_weights or not r.superseded])
+    return Report(rows, curves, iters, str(store.path) if store.path else None)
 
 
 # --------------------------------------------------------------------------- text formats

@@ -121,6 +121,8 @@ def report_cmd(
     paper_block: bool = typer.Option(True, "--paper/--no-paper", help="show the paper's reported numbers (labelled block)"),
     curves: bool = typer.Option(True, "--curves/--no-curves", help="draw the scaling curves in the terminal"),
     width: Optional[int] = typer.Option(None, "--width", min=40, help="width of terminal plots"),
+    all_weights: bool = typer.Option(False, "--all-weights", help="scaling curves of superseded checkpoints "
+                                     "(NAME@SHA8) too, not only of the weights now shipped"),
 ) -> None:
     """Leaderboard (accuracy with 95% Wilson interval, tokens, seconds and backtracks per puzzle),
     failure categories, test-time scaling curves, and the paper's reference numbers."""
@@ -141,7 +143,8 @@ def report_cmd(
             raise SbtError(f"--plot {p}: use a .png or .svg file name")
     store = open_store(db, create=False)
     try:
-        report = build_report(store, split=split, model=model, methods=parse_list(methods, str, "--methods") or None)
+        report = build_report(store, all_weights=all_weights, split=split, model=model,
+                              methods=parse_list(methods, str, "--methods") or None)
     except sqlite3.DatabaseError as exc:
         raise SbtError(f"results database {store.path}: {exc}") from None
     finally:

@@ -116,6 +116,26 @@ def test_scaling_curves(store):
     assert [(p["x"], p["accuracy"]) for p in curves[("b", "self-backtrack n=8", "test_new")].points] == [(0, 0.6), (1, 0.7)]
 
 
+def test_scaling_curves_are_of_the_shipped_weights_unless_all_weights(store, monkeypatch):
+    for n, solved in ((8, 9), (16, 10)):  # the same name retrained: new weights, a better curve
+        params = {**METHODS["best-of-n"].defaults, "n": n}
+        run, _ = store.get_or_create_run({"method": "best-of-n", "params": params, "model": "tiny",
+                                          "model_sha256": "cd" * 32, "backend": "torch", "split": "test_new",
+                                          "puzzles": "data/countdown4/test_new.jsonl", "puzzles_sha256": "test_new",
+                                          "seed": 0, "n_puzzles": 10})
+        for j in range(10):
+            store.add_result(run["id"], {"puzzle_index": j, "numbers": [1, 2, 3, 4], "target": 10, "solved": j < solved,
+                                         "failure": None if j < solved else "target_not_reached", "steps": [],
+                                         "tokens": 5, "wall_ms": 1.0, "backtracks": 0, "model_calls": 1})
+    monkeypatch.setattr("harness.report._shipped_sha", lambda name: "cd" * 32)  # the new weights are shipped
+    rep = build_report(store)
+    assert {r.model for r in rep.rows if r.superseded} == {"tiny@abababab"}  # the leaderboard keeps every run
+    assert [(c.name, c.model, [p["accuracy"] for p in c.points]) for c in rep.curves] == [("best-of-n", "tiny", [0.9, 1.0])]
+    every = {(c.axis, c.name, c.model) for c in build_report(store, all_weights=True).curves}
+    assert every == {("n", "best-of-n", "tiny"), ("n", "best-of-n", "tiny@abababab"),
+                     ("n", "self-backtrack b=1", "tiny@abababab"), ("b", "self-backtrack n=8", "tiny@abababab")}
+
+
 def test_render_rich(store):
     console = Console(record=True, width=220, force_terminal=False, color_system=None)
     render(build_report(store), console)
