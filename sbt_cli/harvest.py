@@ -29,7 +29,7 @@ def harvest_cmd(
     The strict verifier filters training data here (rejection sampling, as in expert iteration); it never touches evaluation splits. Train on the result with `sbt train --paths OUT [--data op+back]`. Re-running the same command resumes.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from harness.harvest import HarvestConfig, harvest
     from harness.runner import infer_numbers, resolve_data_dir
@@ -50,7 +50,7 @@ def harvest_cmd(
     if quiet:
         summary = harvest(cfg, out, be, log=log)
     else:
-        with Progress(TextColumn("[bold]harvest"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} puzzles"),
+        with Progress(TextColumn("[bold]harvest"), BarColumn(), MofNCompleteColumn(), TextColumn("puzzles"),
                       TextColumn("{task.fields[kept]:,} kept"), TimeElapsedColumn(), TimeRemainingColumn(),
                       console=err) as bar:
             task = bar.add_task("harvest", total=puzzles, kept=0)

@@ -46,7 +46,7 @@ def train_cmd(
 
     import torch
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from training.sft import TrainConfig, train
 
@@ -91,7 +91,7 @@ def train_cmd(
 
         report = train(cfg, resume=resume, log=lambda m: print(m, flush=True), on_step=log_step)
     else:
-        with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
+        with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                       TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
                       TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
             task = bar.add_task("train", total=None, loss=float("nan"), tps=0.0)

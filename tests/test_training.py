@@ -382,3 +382,16 @@ def test_model_card_names_the_base_model_and_the_weight_average(tmp_path):
     card = render(tmp_path)
     assert "fine-tuned from `models/countdown4-backtrack`" in card and "from scratch" not in card
     assert "EMA decay 0.995" in card and "| 5 | 1,000 | 1.0 | 0.2 | 50.0% | 10.0% |" in card
+
+
+def test_train_cli_progress_bar_runs_to_the_end(tmp_path, tiny_data):
+    # the bar is drawn before the first step, when the step total is not known yet
+    from typer.testing import CliRunner
+
+    from sbt_cli.app import app
+
+    r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "m"), "--numbers", "3", "--data-dir", str(tiny_data),
+                                 "--size", "tiny", "--tokens", "2000", "--batch-size", "4", "--eval-every", "1000",
+                                 "--eval-puzzles", "2", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert "steps" in r.output and (tmp_path / "m" / "model.safetensors").is_file()
