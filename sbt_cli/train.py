@@ -39,7 +39,7 @@ def train_cmd(
     threads: int = typer.Option(0, "--threads", help="torch threads (0: default)"),
     ema: float = typer.Option(0.0, "--ema", help="evaluate and save an exponential moving average of the weights with this decay per step (e.g. 0.995; 0: off)"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint"),
-    quiet: bool = typer.Option(False, "--quiet", help="log lines instead of a progress bar"),
+    quiet: bool = typer.Option(False, "--quiet", help="log lines instead of a progress bar (the default when stderr is not a terminal, e.g. under nohup)"),
 ) -> None:
     """Train a Countdown model (optimal paths, or optimal paths + backtracking examples)."""
     import os
@@ -83,9 +83,9 @@ def train_cmd(
     except ValueError as exc:
         raise SbtError(str(exc)) from None
     console = Console(stderr=True)
-    if quiet:
+    if quiet or not console.is_interactive:  # a log file (nohup) gets lines; a bar only redraws on a terminal
         def log_step(info: dict) -> None:
-            if info["step"] % 50 == 0:
+            if info["step"] % 50 == 0 or info["step"] == info["total"]:
                 print(f"step {info['step']:,}/{info['total']:,} loss {info['loss']:.4f} "
                       f"{info['tokens_per_s']:,.0f} tok/s epoch {info['epoch']}", flush=True)
 

@@ -384,14 +384,20 @@ def test_model_card_names_the_base_model_and_the_weight_average(tmp_path):
     assert "EMA decay 0.995" in card and "| 5 | 1,000 | 1.0 | 0.2 | 50.0% | 10.0% |" in card
 
 
-def test_train_cli_progress_bar_runs_to_the_end(tmp_path, tiny_data):
-    # the bar is drawn before the first step, when the step total is not known yet
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_train_cli_shows_a_bar_on_a_terminal_and_log_lines_elsewhere(tmp_path, tiny_data, monkeypatch, terminal):
+    # on a terminal the bar is drawn before the first step, while the step total is unknown
     from typer.testing import CliRunner
 
     from sbt_cli.app import app
 
+    monkeypatch.setenv("TTY_INTERACTIVE", "1" if terminal else "0")  # rich's switch for an interactive console
     r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "m"), "--numbers", "3", "--data-dir", str(tiny_data),
                                  "--size", "tiny", "--tokens", "2000", "--batch-size", "4", "--eval-every", "1000",
                                  "--eval-puzzles", "2", "--threads", "1"])
     assert r.exit_code == 0, r.output
-    assert "steps" in r.output and (tmp_path / "m" / "model.safetensors").is_file()
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    steps = json.loads((tmp_path / "m" / "training.json").read_text())["steps"]
+    log_line = f"step {steps:,}/{steps:,} loss"  # the last step is always logged
+    assert (log_line in r.output) is not terminal, r.output
