@@ -89,14 +89,16 @@ def _load_tokenizer_and_model(cfg: TrainConfig, device):
     from sbt_core.trace import BACKTRACK
 
     if cfg.base_model:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from sbt_core.backends.torch_backend import load_hf_model  # (no transformers progress bars in the log)
 
         base = Path(cfg.base_model)
         if not (base / "config.json").is_file():
             raise SbtError(f"--base-model {base}: not a Hugging Face model directory (no config.json)")
         try:
+            model = load_hf_model(base, torch.float32)
             tok = AutoTokenizer.from_pretrained(base)
-            model = AutoModelForCausalLM.from_pretrained(base)
         except Exception as exc:  # corrupt or foreign checkpoint
             raise SbtError(f"--base-model {base}: cannot load ({type(exc).__name__}: {str(exc)[:120]})") from None
         if BACKTRACK not in tok.get_vocab():  # (a model of ours already has it: keep its tokenizer as it is)
