@@ -44,6 +44,9 @@ def save_model(model, tokenizer, out_dir: Path | str) -> Path:
     """Write a standard HF model directory (config, safetensors, tokenizer, generation config)."""
     from transformers import GenerationConfig
 
+    from sbt_core.backends.torch_backend import quiet_transformers
+
+    quiet_transformers()  # no "Writing model shards" bar in the training log
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.generation_config = GenerationConfig(

@@ -67,7 +67,8 @@ def _model_call(method):
 GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
+    """No transformers progress bars or warnings: they would land in our logs and tables."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -89,7 +90,7 @@ def load_tokenizer(path: Path, light: bool = False):
             from transformers import PreTrainedTokenizerFast
 
             return PreTrainedTokenizerFast.from_pretrained(path)
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
@@ -112,7 +113,7 @@ def load_model(path: Path, dtype: torch.dtype, impl: str | None = None):
 
 
 def load_hf_model(path: Path, dtype: torch.dtype):
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
