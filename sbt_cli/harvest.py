@@ -22,7 +22,7 @@ def harvest_cmd(
     seed: int = typer.Option(0, "--seed", help="seed of the slice and of the samples"),
     mistakes: int = typer.Option(0, "--mistakes", min=0, help="also keep up to this many of each puzzle's false 'Goal Reached!' samples, cut after the step where they went wrong (sbt train --paths makes backtracking examples of them)"),
     backend: str = typer.Option("torch", "--backend", help="torch | llama (a GGUF beside the model; several times faster)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, nor progress lines (those replace the bar when stderr is not a terminal)"),
 ) -> None:
     """Sample N answers per TRAIN puzzle and keep, per puzzle, the verified one the model likes best.
 
@@ -49,6 +49,8 @@ def harvest_cmd(
     log = lambda m: err.print(m, markup=False, soft_wrap=True)  # noqa: E731
     if quiet:
         summary = harvest(cfg, out, be, log=log)
+    elif not err.is_interactive:  # a log file (nohup): a line per 5% instead of a bar that never redraws
+        summary = harvest(cfg, out, be, log=log, on_progress=_log_lines(log))
     else:
         with Progress(TextColumn("[bold]harvest"), BarColumn(), MofNCompleteColumn(), TextColumn("puzzles"),
                       TextColumn("{task.fields[kept]:,} kept"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -59,6 +61,18 @@ def harvest_cmd(
     own = f", {summary['mistakes']:,} own mistakes" if "mistakes" in summary else ""
     typer.echo(f"{out}: {summary['kept']:,} verified paths{own} from {summary['done']:,} train puzzles "
                f"({summary['kept_share']:.1%}); train on them with `sbt train --paths {out}`")
+
+
+def _log_lines(log, every: float = 0.05):
+    """on_progress for a log: one line each time another ``every`` of the puzzles is done."""
+    last = [-1.0]
+
+    def on_progress(done: int, total: int, kept: int) -> None:
+        share = done / total if total else 1.0
+        if share - last[0] >= every or done == total:
+            last[0] = share
+            log(f"harvest {done:,}/{total:,} puzzles, {kept:,} kept")
+    return on_progress
 
 
 def register(app: typer.Typer) -> None:

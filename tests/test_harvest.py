@@ -99,6 +99,19 @@ def test_op_back_examples_are_built_on_the_given_paths(tmp_path):
     assert [e.kind for e in path_examples(f, recipe=Recipe("op"))[0]] == ["op", "op"]
 
 
+@pytest.mark.parametrize("terminal", [True, False])
+def test_sbt_harvest_logs_progress_lines_when_not_on_a_terminal(tmp_path, data_dir, monkeypatch, terminal):
+    import sbt_core.backends as backends
+
+    monkeypatch.setattr(backends, "load_backend",
+                        lambda model, backend, n: ScriptedBackend(default=half_right, model_name="scripted"))
+    monkeypatch.setenv("TTY_INTERACTIVE", "1" if terminal else "0")
+    r = runner.invoke(app, ["harvest", "--out", str(tmp_path / "h.jsonl"), "--model", "countdown3-x",
+                            "--data", str(data_dir), "--puzzles", "12", "--n", "2"])
+    assert r.exit_code == 0, r.output
+    assert ("harvest 12/12 puzzles," in r.output) is not terminal, r.output  # a log gets lines, a terminal the bar
+
+
 def test_sbt_harvest_then_train_on_the_paths_cli(tmp_path, data_dir, monkeypatch):
     import sbt_core.backends as backends
 
