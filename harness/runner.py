@@ -487,7 +487,8 @@ class Bench:
 
 
 class RichProgress:
-    """A rich progress bar per run with the running accuracy (stderr by default)."""
+    """A rich progress bar per run with the running accuracy (stderr by default); where the
+    console is not a terminal (a log under nohup), a line per 10% of each run instead."""
 
     def __init__(self, console=None, n_runs: int = 1) -> None:
         from rich.console import Console
@@ -509,13 +510,23 @@ class RichProgress:
         self.i = 0
         self.task = None
         self.n = self.k = 0
+        self.lines = not self.console.is_interactive  # a bar only redraws on a terminal
+        self._label = ""
+        self._total = self._logged = 0
 
     def __enter__(self) -> "RichProgress":
-        self.progress.__enter__()
+        if not self.lines:
+            self.progress.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.__exit__(*exc)
+        if not self.lines:
+            self.progress.__exit__(*exc)
+
+    def _line(self, what: str) -> None:
+        self.console.print(f"{self._label}: {self.n:,}/{self._total:,} puzzles, {' '.join(self._acc().split())}{what}",
+                           markup=False, highlight=False, soft_wrap=True)
+        self._logged = self.n
 
     def _acc(self) -> str:
         if not self.n:
@@ -526,15 +537,27 @@ class RichProgress:
         self.i += 1
         self.n, self.k = done, solved
         model = f" · {run['model']}" if run.get("model") else ""
+        index = f"[{self.i}/{self.n_runs}] #{run['id']}"
+        if self.lines:
+            self._label, self._total = f"{index} {spec.label()}{model}", total
+            self._line(" (resumed)" if done else "")
+            return
         self.task = self.progress.add_task(f"{spec.label()}{model}", total=total, completed=done,
-                                           acc=self._acc(), index=f"[{self.i}/{self.n_runs}] #{run['id']}")
+                                           acc=self._acc(), index=index)
 
     def result(self, spec, run, row) -> None:
         self.n += 1
         self.k += int(bool(row["solved"]))
+        if self.lines:
+            if self.n - self._logged >= max(1, self._total // 10) and self.n < self._total:
+                self._line("")
+            return
         self.progress.update(self.task, advance=1, acc=self._acc())
 
     def run_finished(self, spec, run, status) -> None:
+        if self.lines:
+            self._line(f", {status}")
+            return
         if status != "done" and self.task is not None:
             self.progress.update(self.task, acc=f"{self._acc()} [yellow]{status}[/]")
 

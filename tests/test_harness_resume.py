@@ -219,6 +219,23 @@ def test_real_sbt_entry_point_with_exact(tmp_path):
     assert len(board) == 1 and board[0]["accuracy"] == 1.0 and board[0]["n"] == 6
 
 
+@pytest.mark.parametrize("terminal", [False, True])
+def test_bench_logs_progress_lines_when_stderr_is_not_a_terminal(tmp_path, terminal):
+    puzzles, db = tmp_path / "p.jsonl", tmp_path / "r.db"
+    fakes.make_puzzles(puzzles, 20)
+    env = {**fakes.sub_env(), "TTY_INTERACTIVE": "1" if terminal else "0"}
+    r = subprocess.run(["sbt", "bench", "--puzzles", str(puzzles), "--methods", "exact", "--db", str(db)],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("[1/1] #1 exact: ")]
+    if terminal:  # the bar, no lines
+        assert lines == [] and "20/20" in r.stderr
+    else:  # a line at the start, one per 10%, one at the end
+        assert lines[0] == "[1/1] #1 exact: 0/20 puzzles, acc -"
+        assert lines[-1] == "[1/1] #1 exact: 20/20 puzzles, acc 100.0%, done"
+        assert 3 <= len(lines) <= 12
+
+
 def test_real_methods_on_scripted_backend(tmp_path):
     """The model methods of `sbt solve` through the bench, on a perfect scripted model."""
     from sbt_core.backends.scripted import ScriptedBackend, solver_continuation
