@@ -63,14 +63,15 @@ def harvest_cmd(
                f"({summary['kept_share']:.1%}); train on them with `sbt train --paths {out}`")
 
 
-def _log_lines(log, every: float = 0.05):
-    """on_progress for a log: one line each time another ``every`` of the puzzles is done."""
-    last = [-1.0]
+def _log_lines(log, parts: int = 20):
+    """on_progress for a log: a line at the first batch, each time another 1/``parts`` of the
+    puzzles is done, and at the end."""
+    logged = None
 
     def on_progress(done: int, total: int, kept: int) -> None:
-        share = done / total if total else 1.0
-        if share - last[0] >= every or done == total:
-            last[0] = share
+        nonlocal logged
+        if logged is None or done - logged >= max(1, total // parts) or done == total:
+            logged = done
             log(f"harvest {done:,}/{total:,} puzzles, {kept:,} kept")
     return on_progress
 

@@ -384,7 +384,6 @@ def test_model_card_names_the_base_model_and_the_weight_average(tmp_path):
     assert "EMA decay 0.995" in card and "| 5 | 1,000 | 1.0 | 0.2 | 50.0% | 10.0% |" in card
 
 
-
 @pytest.mark.parametrize("terminal", [True, False])
 def test_train_cli_shows_a_bar_on_a_terminal_and_log_lines_elsewhere(tmp_path, tiny_data, monkeypatch, terminal):
     # on a terminal the bar is drawn before the first step, while the step total is unknown
