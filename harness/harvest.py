@@ -20,7 +20,8 @@ Resumable: ``<out>.json`` records the settings and how many slice puzzles are do
 re-run with the same settings continues after them (a line written after the last
 record is dropped and redone). Same settings, same file. ``--puzzles`` alone may change
 between runs: the slice of N puzzles is the first N of one seeded order, so a larger N
-extends the file and a smaller one cuts it to its first N puzzles.
+extends the file and a smaller one cuts it to its first N puzzles. One writer per file: a
+harvest holds the lock of its paths file (``sbt_core.locks``), a second one is refused.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from typing import Callable
 
 from sbt_core.countdown import Puzzle, verify
 from sbt_core.errors import SbtError
+from sbt_core.limits import MAX_PUZZLES, MAX_SEED, SEARCH_MAXIMUM, check_range, check_temperature
+from sbt_core.locks import output_lock
 from sbt_core.solver import false_claim_cut
 from sbt_core.trace import parse_response, prompt
 
@@ -55,12 +58,14 @@ class HarvestConfig:
     mistakes: int = 0  # per puzzle: false "Goal Reached!" samples kept, cut where they went wrong
 
     def __post_init__(self) -> None:
-        if self.puzzles < 1 or self.n < 1 or self.max_new_tokens < 1:
-            raise SbtError("--puzzles, --n and --max-new-tokens must be positive")
-        if self.mistakes < 0:
-            raise SbtError("--mistakes must be 0 or more")
-        if self.temperature <= 0:
-            raise SbtError("--temperature must be positive: rejection sampling needs samples")
+        """Every budget inside its documented limit (``sbt_core.limits``), before any model loads."""
+        check_range(self.puzzles, "--puzzles", 1, MAX_PUZZLES, integer=True)
+        check_range(self.n, "--n", 1, SEARCH_MAXIMUM["n"], integer=True)
+        check_range(self.mistakes, "--mistakes", 0, SEARCH_MAXIMUM["n"], integer=True)
+        check_range(self.max_new_tokens, "--max-new-tokens", 1, SEARCH_MAXIMUM["max_new_tokens"], integer=True)
+        check_range(self.seed, "--seed", 0, MAX_SEED, integer=True)
+        # rejection sampling needs samples: a positive temperature
+        self.temperature = check_temperature(self.temperature, allow_zero=False)
 
 
 def best_verified(puzzle, completions) -> tuple[list[str] | None, int, float]:
@@ -135,14 +140,27 @@ def _resume_point(out: Path, settings: dict, slice_index: dict[int, int]) -> tup
                 keep.append(line + "\n")
                 paths += bool(row.get("steps"))
                 mistakes += len(row.get("mistakes") or [])
-    out.write_text("".join(keep))
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, out)
     return done, paths, mistakes
 
 
 def harvest(cfg: HarvestConfig, out: Path, backend, log: Callable[[str], None] = print,
-            on_progress: Callable[[int, int, int], None] | None = None) -> dict:
-    """Run (or resume) the harvest into ``out``; returns the summary written to ``<out>.json``."""
+            on_progress: Callable[[int, int, int], None] | None = None, lock: bool = True) -> dict:
+    """Run (or resume) the harvest into ``out``; returns the summary written to ``<out>.json``.
+
+    Holds the lock of ``out`` (``sbt_core.locks``; a second writer is refused) unless
+    ``lock`` is False: the caller holds it (``sbt harvest`` takes it before the model loads)."""
     out = Path(out)
+    if lock:
+        with output_lock(out, is_dir=False, what="--out"):
+            return _harvest(cfg, out, backend, log, on_progress)
+    return _harvest(cfg, out, backend, log, on_progress)
+
+
+def _harvest(cfg: HarvestConfig, out: Path, backend, log: Callable[[str], None],
+             on_progress: Callable[[int, int, int], None] | None) -> dict:
     rows = train_slice(Path(cfg.data), cfg.puzzles, cfg.seed, 1)
     settings = {**asdict(cfg), "model_sha256": backend.model_sha256, "backend": backend.backend_name}
     slice_index = {r["train_index"]: i for i, r in enumerate(rows)}

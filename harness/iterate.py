@@ -35,6 +35,7 @@ setting needs another experiment name.
 from __future__ import annotations
 
 import json
+import math
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ from typing import Any, Callable
 from sbt_core.countdown import Puzzle, verify
 from sbt_core.errors import SbtError
 from sbt_core.generate import EVAL_SPLITS, eval_puzzle_keys, read_puzzles
+from sbt_core.limits import (MAX_BATCH_SIZE, MAX_LR, MAX_PUZZLES, MAX_ROUNDS, MAX_SEED, MAX_THREADS,
+                             MAX_TRAIN_TOKENS, SEARCH_MAXIMUM, check_range, check_temperature)
+from sbt_core.locks import output_lock
 
 from .runner import _SOURCE_CACHE, BenchInterrupted, NullObserver, RunOutcome, evaluate, resolve_data_dir
 from .store import Store, canonical_json
@@ -82,13 +86,24 @@ class IterateConfig:
     trace: bool = False  # store the event traces of the evaluation runs
 
     def __post_init__(self) -> None:
+        """Every setting inside its documented limit (``sbt_core.limits``), before anything runs."""
         self.out = Path(self.out)
         if self.restart_from not in RESTARTS:
             raise SbtError(f"--restart-from must be one of {', '.join(RESTARTS)}, got {self.restart_from!r}")
-        if self.rounds < 0:
-            raise SbtError("--rounds must be >= 0")
-        if self.train_puzzles < 1 or self.tokens < 1 or self.n < 1 or self.b < 0:
-            raise SbtError("--train-puzzles, --tokens and --n must be positive, --b non-negative")
+        check_range(self.rounds, "--rounds", 0, MAX_ROUNDS, integer=True)
+        check_range(self.train_puzzles, "--train-puzzles", 1, MAX_PUZZLES, integer=True)
+        check_range(self.n, "--n", 1, SEARCH_MAXIMUM["n"], integer=True)
+        check_range(self.b, "--b", 0, SEARCH_MAXIMUM["b"], integer=True)
+        self.temperature = check_temperature(self.temperature)
+        if self.eval_limit is not None:
+            check_range(self.eval_limit, "--eval-limit", 1, MAX_PUZZLES, integer=True)
+        check_range(self.tokens, "--tokens", 1, MAX_TRAIN_TOKENS, integer=True)
+        check_range(self.lr, "--lr", 0, MAX_LR, low_open=True)
+        check_range(self.batch_size, "--batch-size", 1, MAX_BATCH_SIZE, integer=True)
+        check_range(self.threads, "--threads", 0, MAX_THREADS, integer=True)
+        check_range(self.seed, "--seed", 0, MAX_SEED, integer=True)
+        check_range(self.warmup_steps, "warmup_steps", 0, math.inf, integer=True)
+        check_range(self.val_puzzles, "val_puzzles", 1, MAX_PUZZLES, integer=True)
 
     @property
     def search_params(self) -> dict:
@@ -287,6 +302,7 @@ class Iteration:
 
     def fine_tune(self, round_: int, base: Path, paths_file: Path, model_dir: Path) -> dict:
         """Fine-tune ``base`` on the verified paths (resumes from a checkpoint; skipped if saved)."""
+        from training.checkpoint import exists as ckpt_exists
         from training.sft import TrainConfig, train
 
         done = model_dir / "training.json"
@@ -298,7 +314,7 @@ class Iteration:
                          paths_file=str(paths_file), max_tokens=int(c.tokens), batch_size=c.batch_size, lr=c.lr,
                          warmup_steps=c.warmup_steps, seed=c.seed, eval_every=10**9, eval_puzzles=c.val_puzzles,
                          ckpt_every=200, threads=c.threads)
-        resume = (model_dir / "checkpoint" / "state.pt").is_file()
+        resume = ckpt_exists(model_dir / "checkpoint")
         self.log(f"round {round_}: fine-tuning {base} on {paths_file} ({c.tokens:,} tokens"
                  f"{', resuming' if resume else ''})")
         return train(tc, resume=resume, log=self.log, on_step=self.on_train_step)
@@ -306,6 +322,13 @@ class Iteration:
     # -- the loop
 
     def run(self) -> list[dict]:
+        """Run or resume the experiment, holding the lock of ``cfg.out`` (``sbt_core.locks``):
+        a second ``sbt iterate`` into the same folder is refused. (Each round's fine-tuning
+        takes the lock of its own model folder.)"""
+        with output_lock(self.cfg.out, is_dir=True, what="--out"):
+            return self._run()
+
+    def _run(self) -> list[dict]:
         from sbt_core.models import model_sha256
 
         c = self.cfg

@@ -28,12 +28,10 @@ def harvest_cmd(
 
     The strict verifier filters training data here (rejection sampling, as in expert iteration); it never touches evaluation splits. Train on the result with `sbt train --paths OUT [--data op+back]`. Re-running the same command resumes.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from harness.harvest import HarvestConfig, harvest
+    from harness.harvest import HarvestConfig
     from harness.runner import infer_numbers, resolve_data_dir
     from sbt_core.backends import load_backend
+    from sbt_core.locks import output_lock
     from sbt_core.models import default_model
 
     n_numbers = numbers or infer_numbers(model)
@@ -44,23 +42,34 @@ def harvest_cmd(
     if not (data_dir / "train.jsonl").is_file():
         raise SbtError(f"no train split: {data_dir / 'train.jsonl'} not found (generate it with "
                        f"`sbt data generate --numbers {n_numbers} --out {data_dir}`)")
-    be = load_backend(model, backend, n_numbers)
-    err = Console(stderr=True, highlight=False)
-    log = lambda m: err.print(m, markup=False, soft_wrap=True)  # noqa: E731
-    if quiet:
-        summary = harvest(cfg, out, be, log=log)
-    elif not err.is_interactive:  # a log file (nohup): a line per 5% instead of a bar that never redraws
-        summary = harvest(cfg, out, be, log=log, on_progress=_log_lines(log))
-    else:
-        with Progress(TextColumn("[bold]harvest"), BarColumn(), MofNCompleteColumn(), TextColumn("puzzles"),
-                      TextColumn("{task.fields[kept]:,} kept"), TimeElapsedColumn(), TimeRemainingColumn(),
-                      console=err) as bar:
-            task = bar.add_task("harvest", total=puzzles, kept=0)
-            summary = harvest(cfg, out, be, log=bar.console.print,
-                              on_progress=lambda done, total, kept: bar.update(task, completed=done, total=total, kept=kept))
+    if out.is_dir():
+        raise SbtError(f"--out {out} is a folder; give the paths file to write (e.g. {out / 'paths.jsonl'})")
+    with output_lock(out, is_dir=False, what="--out"):  # one writer per paths file, before the model loads
+        be = load_backend(model, backend, n_numbers)
+        summary = _run(cfg, out, be, quiet, puzzles)
     own = f", {summary['mistakes']:,} own mistakes" if "mistakes" in summary else ""
     typer.echo(f"{out}: {summary['kept']:,} verified paths{own} from {summary['done']:,} train puzzles "
                f"({summary['kept_share']:.1%}); train on them with `sbt train --paths {out}`")
+
+
+def _run(cfg, out: Path, be, quiet: bool, puzzles: int) -> dict:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from harness.harvest import harvest
+
+    err = Console(stderr=True, highlight=False)
+    log = lambda m: err.print(m, markup=False, soft_wrap=True)  # noqa: E731
+    if quiet:
+        return harvest(cfg, out, be, log=log, lock=False)
+    if not err.is_interactive:  # a log file (nohup): a line per 5% instead of a bar that never redraws
+        return harvest(cfg, out, be, log=log, on_progress=_log_lines(log), lock=False)
+    with Progress(TextColumn("[bold]harvest"), BarColumn(), MofNCompleteColumn(), TextColumn("puzzles"),
+                  TextColumn("{task.fields[kept]:,} kept"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=err) as bar:
+        task = bar.add_task("harvest", total=puzzles, kept=0)
+        return harvest(cfg, out, be, log=bar.console.print, lock=False,
+                       on_progress=lambda done, total, kept: bar.update(task, completed=done, total=total, kept=kept))
 
 
 def _log_lines(log, parts: int = 20):

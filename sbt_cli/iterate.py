@@ -51,8 +51,10 @@ def iterate_cmd(
     from harness.iterate import IterateConfig, Iteration, iterations_table
     from harness.runner import BenchInterrupted, RichProgress, infer_numbers
     from harness.store import open_store
+    from sbt_core.limits import MAX_TRAIN_TOKENS, check_range
     from sbt_core.models import default_model
 
+    check_range(tokens, "--tokens", 1, MAX_TRAIN_TOKENS)  # (before int(): nan, inf)
     if continue_:
         if restart_from not in ("base", "previous"):
             raise SbtError(f"--restart-from must be base or previous, got {restart_from!r}")

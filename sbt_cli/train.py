@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from sbt_core.errors import SbtError
 
 
 def train_cmd(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", help="output model directory"),
     numbers: int = typer.Option(4, "--numbers", help="puzzle size; picks data/countdown<N>/ by default"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder from `sbt data generate`"),
@@ -38,50 +40,50 @@ def train_cmd(
     compile_: str = typer.Option("auto", "--compile", help="auto|on|off: torch.compile the training step (auto: CPU runs of 300+ steps)"),
     threads: int = typer.Option(0, "--threads", help="torch threads (0: default)"),
     ema: float = typer.Option(0.0, "--ema", help="evaluate and save an exponential moving average of the weights with this decay per step (e.g. 0.995; 0: off)"),
-    resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint"),
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint, in OUT, with the checkpoint's settings (only --tokens, --eval-every, --ckpt-every, --threads may change)"),
     quiet: bool = typer.Option(False, "--quiet", help="log lines instead of a progress bar (the default when stderr is not a terminal, e.g. under nohup)"),
 ) -> None:
     """Train a Countdown model (optimal paths, or optimal paths + backtracking examples)."""
-    import os
+    from training.config import TrainConfig
 
-    import torch
+    # every setting is checked here, before torch loads and before anything is written
+    try:
+        weights = tuple(float(x) for x in kinds.split(":"))
+    except ValueError:
+        raise SbtError(f"--kinds must look like 1:2:2 (three non-negative weights), got {kinds!r}") from None
+    data_dir = data_dir or Path("data") / f"countdown{numbers}"
+    if tokens is not None and not math.isfinite(tokens):
+        raise SbtError(f"--tokens must be a number of training tokens (e.g. 5e7), got {tokens!r}")
+    cfg = TrainConfig(out=str(out), data_dir=str(data_dir), data=data, back_ratio=back_ratio, kind_weights=weights, goal_forcing=goal_forcing, own_errors=own_errors,
+                      honest_last=honest_last, size=size, base_model=str(base_model) if base_model else None, train_puzzles=train_puzzles,
+                      batch_size=batch_size, lr=lr, seed=seed, eval_every=500 if eval_every is None else eval_every,
+                      eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, compile=compile_, threads=threads, ema=ema,
+                      paths_file=str(paths) if paths else None, extra_puzzles=str(extra_puzzles) if extra_puzzles else None,
+                      **({"max_tokens": int(tokens)} if tokens is not None else {}))
+    if resume:
+        cfg = _resumed_config(ctx, cfg, out)
+    if not (Path(cfg.data_dir) / "train.jsonl").is_file():
+        raise SbtError(f"no training data in {cfg.data_dir}; run: sbt data generate --numbers {numbers} --out {cfg.data_dir}")
+    for name, what in (("paths_file", "paths file"), ("extra_puzzles", "extra puzzles file")):
+        if getattr(cfg, name) and not Path(getattr(cfg, name)).is_file():
+            raise SbtError(f"{what} not found: {getattr(cfg, name)}")
+    if not (Path(cfg.data_dir) / "val.jsonl").is_file():
+        raise SbtError(f"no validation split in {cfg.data_dir} (val.jsonl); run: sbt data generate --numbers {numbers} "
+                       f"--out {cfg.data_dir}")
+    if cfg.base_model:  # its config.json's sizes are checked before anything is built (no huge allocation)
+        from sbt_core.models import read_config
+
+        try:
+            read_config(Path(cfg.base_model))
+        except SbtError as exc:
+            raise SbtError(f"--base-model: {exc}") from None
+
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from training.sft import TrainConfig, train
+    from training.sft import train
 
-    os.environ.setdefault("SBT_TRAIN_COMMAND", "sbt " + shlex.join(sys.argv[1:]))
-    try:
-        weights = tuple(float(x) for x in kinds.split(":"))
-        assert len(weights) == 3 and all(w >= 0 for w in weights) and sum(weights) > 0
-    except (ValueError, AssertionError):
-        raise SbtError(f"--kinds must look like 1:2:2 (three non-negative weights), got {kinds!r}") from None
-    data_dir = data_dir or Path("data") / f"countdown{numbers}"
-    if not (data_dir / "train.jsonl").is_file():
-        raise SbtError(f"no training data in {data_dir}; run: sbt data generate --numbers {numbers} --out {data_dir}")
-    cfg = TrainConfig(out=str(out), data_dir=str(data_dir), data=data, back_ratio=back_ratio, kind_weights=weights, goal_forcing=goal_forcing, own_errors=own_errors,
-                      honest_last=honest_last, size=size, base_model=str(base_model) if base_model else None, train_puzzles=train_puzzles,
-                      batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every or 500,
-                      eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, compile=compile_, threads=threads, ema=ema,
-                      paths_file=str(paths) if paths else None, extra_puzzles=str(extra_puzzles) if extra_puzzles else None)
-    if tokens is not None:
-        cfg.max_tokens = int(tokens)
-    if resume:
-        saved = out / "checkpoint" / "state.pt"
-        if saved.is_file():
-            saved_cfg = torch.load(saved, weights_only=False)["config"]
-            saved_cfg.setdefault("goal_forcing", 0.0)  # checkpoints from before the option: their data had none
-            cfg = TrainConfig(**saved_cfg)
-            if tokens is not None:
-                cfg.max_tokens = int(tokens)
-            if eval_every:
-                cfg.eval_every = eval_every
-            if threads:  # how many threads is the machine's business, not the experiment's
-                cfg.threads = threads
-    try:
-        cfg.recipe()
-    except ValueError as exc:
-        raise SbtError(str(exc)) from None
+    command = "sbt " + shlex.join(sys.argv[1:])
     console = Console(stderr=True)
     if quiet or not console.is_interactive:  # a log file (nohup) gets lines; a bar only redraws on a terminal
         def log_step(info: dict) -> None:
@@ -89,7 +91,7 @@ def train_cmd(
                 print(f"step {info['step']:,}/{info['total']:,} loss {info['loss']:.4f} "
                       f"{info['tokens_per_s']:,.0f} tok/s epoch {info['epoch']}", flush=True)
 
-        report = train(cfg, resume=resume, log=lambda m: print(m, flush=True), on_step=log_step)
+        report = train(cfg, resume=resume, log=lambda m: print(m, flush=True), on_step=log_step, command=command)
     else:
         with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                       TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
@@ -99,10 +101,69 @@ def train_cmd(
             def on_step(info: dict) -> None:
                 bar.update(task, completed=info["step"], total=info["total"], loss=info["loss"], tps=info["tokens_per_s"])
 
-            report = train(cfg, resume=resume, log=bar.console.print, on_step=on_step)
+            report = train(cfg, resume=resume, log=bar.console.print, on_step=on_step, command=command)
     final = report["final"] or {}
     typer.echo(f"saved {out}: {report['steps']:,} steps, {report['tokens']:,} tokens, {report['wall_s']:.0f} s, "
                f"val greedy {final.get('val_greedy', 0):.1%}")
+
+
+# option (its parameter name) -> the TrainConfig setting it gives
+_SETTING = {"data_dir": "data_dir", "data": "data", "back_ratio": "back_ratio", "kinds": "kind_weights",
+            "goal_forcing": "goal_forcing", "honest_last": "honest_last", "own_errors": "own_errors", "size": "size",
+            "base_model": "base_model", "train_puzzles": "train_puzzles", "paths": "paths_file",
+            "extra_puzzles": "extra_puzzles", "tokens": "max_tokens", "batch_size": "batch_size", "lr": "lr",
+            "seed": "seed", "eval_every": "eval_every", "eval_puzzles": "eval_puzzles", "ckpt_every": "ckpt_every",
+            "precision": "precision", "compile_": "compile", "threads": "threads", "ema": "ema"}
+_PATHS = ("data_dir", "base_model", "paths_file", "extra_puzzles")
+
+
+def _resumed_config(ctx: typer.Context, given, out: Path):
+    """The checkpoint's config, in ``out`` (where the run lives now, whatever it was saved
+    as), with the options that may change on resume taken from the command line; an
+    option given explicitly with another value than the checkpoint's is refused."""
+    from click.core import ParameterSource
+
+    from training import checkpoint as ckpt_io
+    from training.config import FLAGS, RESUMABLE, TrainConfig
+
+    ckpt = out / "checkpoint"
+    if not ckpt_io.exists(ckpt):
+        return given  # (train says there is nothing to resume)
+    where = ckpt / (ckpt_io.STATE_JSON if (ckpt / ckpt_io.STATE_JSON).is_file() else ckpt_io.LEGACY)
+    saved = TrainConfig.from_saved({**ckpt_io.read_config(ckpt), "out": str(out)}, str(where))
+
+    def explicit(param: str) -> bool:
+        return ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+
+    def same(name: str) -> bool:
+        a, b = getattr(given, name), getattr(saved, name)
+        if name in _PATHS and a is not None and b is not None:
+            return Path(a).resolve() == Path(b).resolve()
+        if name == "kind_weights":
+            return tuple(map(float, a)) == tuple(map(float, b))
+        return a == b
+
+    changed, keep = [], {}
+    for param, name in _SETTING.items():
+        if not explicit(param):
+            continue
+        if name in RESUMABLE:
+            keep[name] = getattr(given, name)
+        elif not same(name):
+            changed.append(f"{FLAGS[name]} {_show(getattr(given, name))} (checkpoint: {_show(getattr(saved, name))})")
+    if explicit("numbers") and not explicit("data_dir") and not same("data_dir"):
+        changed.append(f"--numbers (data {given.data_dir}; checkpoint: {saved.data_dir})")
+    if changed:
+        raise SbtError(f"--resume: {out} was trained with other settings: {'; '.join(changed)}. Settings that define "
+                       "the run cannot change on resume (only --tokens, --eval-every, --ckpt-every, --threads); "
+                       "start a new run with another --out")
+    return TrainConfig(**{**saved.__dict__, **keep})
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return ":".join(f"{x:g}" for x in value)
+    return "none" if value is None else str(value)
 
 
 def register(app: typer.Typer) -> None:

@@ -157,10 +157,10 @@ def test_gzipped_paths_file_and_a_truncated_one(tmp_path):
 
     from training.data import path_examples
 
-    row = {"numbers": [2, 3, 5], "target": 30, "steps": ["5 * 3 = 15", "15 * 2 = 30"]}
+    rows = [{"numbers": [i, 1], "target": i + 1, "steps": [f"{i} + 1 = {i + 1}"]} for i in range(1, 3001)]
     f = tmp_path / "paths.jsonl.gz"
     with gzip.open(f, "wt") as g:
-        g.write((json.dumps(row) + "\n") * 3000)
+        g.write("".join(json.dumps(row) + "\n" for row in rows))  # 3000 distinct puzzles
     examples, dropped = path_examples(f)
     assert len(examples) == 3000 and dropped == 0
     f.write_bytes(f.read_bytes()[:-40])

@@ -112,7 +112,8 @@ def test_train_on_given_paths(tmp_path, data_dir):
                       max_tokens=500, batch_size=4, warmup_steps=1, eval_every=1000, eval_puzzles=2, threads=1)
     report = train(cfg, log=lambda m: None)
     assert report["data"]["examples"] == 1 and report["data"]["train_file"] == str(f)
-    assert report["data"]["given_paths"] == {"file": str(f), "kept": 1, "dropped": 1, "own_errors": 0}
+    assert report["data"]["given_paths"] == {"file": str(f), "kept": 1, "dropped": 1, "duplicates": 0,
+                                                "own_errors": 0}
     f.write_text(json.dumps(rows[1]) + "\n")
     from sbt_core.errors import SbtError
 

@@ -261,8 +261,10 @@ def test_resume_continues_exactly(tmp_path, tiny_data):
         train(cut, log=lambda m: None, on_step=lambda i: (_ for _ in ()).throw(KeyboardInterrupt) if i["step"] == 12 else None)
     resumed = train(cut, resume=True, log=lambda m: None)
     assert resumed["steps"] == full["steps"]
-    a = torch.load(tmp_path / "a" / "model" / "checkpoint" / "state.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "b" / "model" / "checkpoint" / "state.pt", weights_only=False)["model"]
+    from training.checkpoint import load
+
+    a = load(tmp_path / "a" / "model" / "checkpoint")["model"]
+    b = load(tmp_path / "b" / "model" / "checkpoint")["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
@@ -292,7 +294,9 @@ def test_ema_run_saves_the_average_and_resumes_it(tmp_path, tiny_data):
 
     full = train(_cfg(tmp_path / "a", tiny_data, ema=0.9, max_tokens=20_000), log=lambda m: None)
     assert full["config"]["ema"] == 0.9
-    state = torch.load(tmp_path / "a" / "model" / "checkpoint" / "state.pt", weights_only=False)
+    from training.checkpoint import load
+
+    state = load(tmp_path / "a" / "model" / "checkpoint")
     shipped = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
     raw, shadow = state["model"], state["ema"]["shadow"]
     names = [n for n, _ in _loaded(tmp_path / "a" / "model").named_parameters()]  # the order of the shadow

@@ -251,7 +251,7 @@ def build_examples(puzzles: Iterable[Puzzle], recipe: Recipe, seed: int) -> Iter
 
 
 def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
-                  seed: int = 0) -> tuple[list[Example], int]:
+                  seed: int = 0, counts: dict | None = None) -> tuple[list[Example], int]:
     """Examples from GIVEN solution paths instead of solver paths (``sbt iterate`` and
     ``sbt train --paths`` train on verified search outputs): a JSONL file of
     ``{"numbers": [...], "target": T, "steps": ["a op b = c", ...]}``. A line that is not
@@ -263,10 +263,14 @@ def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
     everything but ``<backtrack>`` and the end token masked; a mistake not cut there
     (``sbt_core.solver.false_claim_cut``) is dropped, and a line may hold mistakes only
     (``"steps": null``).
-    Returns (examples, dropped count); ``limit`` keeps the first ``limit`` lines. A file
-    whose name ends in ``.gz`` is read through gzip."""
+    A puzzle (its sorted numbers and target) is trained on once: a later line for a puzzle
+    already kept is dropped (e.g. two harvests appended to one file), counted in
+    ``counts["duplicates"]`` when ``counts`` is given.
+    Returns (examples, dropped count: lines with nothing verified to train on); ``limit``
+    keeps the first ``limit`` puzzles. A file whose name ends in ``.gz`` is read through gzip."""
     out: list[Example] = []
-    dropped = kept = 0
+    dropped = kept = duplicates = 0
+    seen: set[tuple] = set()
     rng = random.Random(f"data-{seed}")
     own = recipe is not None and recipe.data == "op+back" and recipe.own_errors > 0
     try:
@@ -295,12 +299,18 @@ def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
             if not ok and not wrong:
                 dropped += 1
                 continue
+            if puzzle.key in seen:
+                duplicates += 1
+                continue
+            seen.add(puzzle.key)
             kept += 1
             if ok:
                 out.extend(examples_for(puzzle, recipe, rng, steps) if recipe else [op_example(puzzle, steps)])
             for m in wrong:
                 if recipe.own_errors >= 1 or rng.random() < recipe.own_errors:
                     out.append(back_example(puzzle, m[:-1], m[-1], "own-error", train_prefix=False))
+    if counts is not None:
+        counts["duplicates"] = duplicates
     return out, dropped
 
 

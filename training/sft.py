@@ -1,7 +1,9 @@
 """Masked-loss supervised fine-tuning of a causal LM on Countdown traces.
 
-Checkpoints every ``ckpt_every`` steps (model, optimizer, step) into ``out/checkpoint``
-so a kill loses at most one interval; ``resume=True`` continues from it. The final
+Checkpoints every ``ckpt_every`` steps (model, optimizer, EMA, step) into ``out/checkpoint``
+as safetensors + JSON (``training/checkpoint.py``: data only, never a pickle) so a kill
+loses at most one interval; ``resume=True`` continues from it. The run holds the lock of
+``out`` (``sbt_core.locks``) from start to end: a second writer is refused. The final
 output is a standard Hugging Face model directory plus ``training.json``.
 """
 
@@ -11,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,54 +23,18 @@ import torch
 
 from sbt_core.errors import SbtError
 from sbt_core.generate import read_puzzles
+from sbt_core.locks import output_lock
 
+from . import checkpoint as ckpt_io
 from .batches import EncodedDataset, collate, iterate
-from .data import Recipe, build_examples, encode, path_examples
+from .config import TrainConfig
+from .data import build_examples, encode, path_examples
 from .ema import WeightAverage
 from .evaluate import greedy_accuracy
 from .model import new_model, save_model
 from .stepper import Stepper, resolve_compile, resolve_precision
 
-
-@dataclass
-class TrainConfig:
-    out: str
-    data_dir: str
-    data: str = "op+back"
-    back_ratio: float = 1.0
-    kind_weights: tuple = (1.0, 2.0, 2.0)
-    goal_forcing: float = 0.5  # share of computational errors that fake the goal (training/data.py)
-    own_errors: float = 1.0  # share of a paths file's own mistakes (sbt harvest --mistakes) trained on
-    honest_last: float = 0.0  # share of paths that also get an honest-last example (training/data.py)
-    size: str = "small"
-    base_model: str | None = None
-    train_puzzles: int | None = None
-    max_tokens: int = 50_000_000  # training tokens (non-padding) to process
-    batch_size: int = 256
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 200
-    weight_decay: float = 0.1
-    seed: int = 0
-    eval_every: int = 500
-    eval_puzzles: int = 300
-    ckpt_every: int = 200
-    precision: str = "auto"  # auto | fp32 | bf16 (autocast) | bf16-master (see training/stepper.py)
-    compile: str = "auto"  # auto | on | off: torch.compile the training step
-    attn: str = "eager"
-    threads: int = 0
-    ema: float = 0.0  # decay of the weight average that is evaluated and saved (0: off; see training/ema.py)
-    # a JSONL of {"numbers", "target", "steps": ["a op b = c", ...]}: train on these given
-    # paths (e.g. verified search outputs: `sbt iterate`, `sbt train --paths`) instead of
-    # solver paths; with data "op+back" the D_back examples are built on them too
-    paths_file: str | None = None
-    # a JSONL of puzzles ({"numbers", "target"}) whose solver paths are trained on too, on top
-    # of train.jsonl or --paths (e.g. small-number puzzles: `sbt data generate --max-number 12`)
-    extra_puzzles: str | None = None
-
-    def recipe(self) -> Recipe:
-        return Recipe(self.data, self.back_ratio, tuple(self.kind_weights), self.goal_forcing, self.own_errors,
-                      self.honest_last)
+__all__ = ["TrainConfig", "TrainState", "train", "lr_at"]
 
 
 @dataclass
@@ -99,6 +64,8 @@ def _load_tokenizer_and_model(cfg: TrainConfig, device):
         try:
             model = load_hf_model(base, torch.float32)
             tok = AutoTokenizer.from_pretrained(base)
+        except SbtError as exc:  # (load_hf_model's checks of config.json and the weights)
+            raise SbtError(f"--base-model {base}: {exc}") from None
         except Exception as exc:  # corrupt or foreign checkpoint
             raise SbtError(f"--base-model {base}: cannot load ({type(exc).__name__}: {str(exc)[:120]})") from None
         if BACKTRACK not in tok.get_vocab():  # (a model of ours already has it: keep its tokenizer as it is)
@@ -126,24 +93,31 @@ def _dataset(cfg: TrainConfig, tok, log) -> EncodedDataset:
         if not Path(cfg.extra_puzzles).is_file():
             raise SbtError(f"extra puzzles file not found: {cfg.extra_puzzles}")
         key += "extra" + cfg.extra_puzzles + hashlib.sha256(Path(cfg.extra_puzzles).read_bytes()).hexdigest()
-    cache = Path(cfg.out) / "checkpoint" / f"dataset-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
-    if cache.is_file():
-        state = torch.load(cache)
-        data = EncodedDataset.from_state(state)
-        data.paths_info = state.get("paths_info")
-        data.extra_info = state.get("extra_info")
+    # (the key's version: a new one when what is built changes, e.g. duplicate paths dropped)
+    key += "v2"
+    cache = Path(cfg.out) / "checkpoint" / f"dataset-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    cached = ckpt_io.load_dataset(cache)
+    if cached is not None:
+        tensors, info = cached
+        data = EncodedDataset.from_state(tensors)
+        data.paths_info = info.get("paths_info")
+        data.extra_info = info.get("extra_info")
         return data
     paths_info = None
     if cfg.paths_file:
-        examples, dropped = path_examples(cfg.paths_file, cfg.train_puzzles, cfg.recipe(), cfg.seed)
+        counts: dict = {}
+        examples, dropped = path_examples(cfg.paths_file, cfg.train_puzzles, cfg.recipe(), cfg.seed, counts=counts)
         kept = sum(ex.kind == "op" for ex in examples)
         own = sum(ex.kind == "own-error" for ex in examples)
+        dups = counts.get("duplicates", 0)
         log(f"{len(examples):,} examples ({cfg.data}) from {kept:,} paths in {cfg.paths_file}"
-            + (f" and {own:,} of the model's own mistakes" if own else "") + f" ({dropped:,} dropped: not verified)")
+            + (f" and {own:,} of the model's own mistakes" if own else "") + f" ({dropped:,} dropped: not verified"
+            + (f"; {dups:,} duplicate puzzles dropped, the first line of each kept" if dups else "") + ")")
         if not examples:
             raise SbtError(f"{cfg.paths_file}: no verified paths to train on ({dropped:,} dropped)")
         pairs = [encode(ex, tok) for ex in examples]
-        paths_info = {"file": cfg.paths_file, "kept": kept, "dropped": dropped, "own_errors": own}
+        paths_info = {"file": cfg.paths_file, "kept": kept, "dropped": dropped, "duplicates": dups,
+                      "own_errors": own}
     else:
         train_file = Path(cfg.data_dir) / "train.jsonl"
         puzzles = read_puzzles(train_file, cfg.train_puzzles)
@@ -158,8 +132,7 @@ def _dataset(cfg: TrainConfig, tok, log) -> EncodedDataset:
         extra_info = {"file": cfg.extra_puzzles, "puzzles": len(extra), "examples": len(examples)}
     data = EncodedDataset(pairs)
     data.paths_info, data.extra_info = paths_info, extra_info
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({**data.state(), "paths_info": paths_info, "extra_info": extra_info}, cache)
+    ckpt_io.save_dataset(cache, data.state(), {"paths_info": paths_info, "extra_info": extra_info})
     return data
 
 
@@ -171,14 +144,28 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
 
 
 def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print,
-          on_step: Callable[[dict], None] | None = None) -> dict:
-    """Train; returns the final ``training.json`` dict."""
+          on_step: Callable[[dict], None] | None = None, command: str = "") -> dict:
+    """Train; returns the final ``training.json`` dict (``command``: the command line it records).
+
+    Holds the lock of ``cfg.out`` for the whole run (a second writer gets one line naming
+    this process). With ``resume`` the model, optimizer, EMA and step come from
+    ``cfg.out/checkpoint``; the settings are ``cfg``'s (``sbt train --resume`` makes them
+    from the checkpoint's and refuses a changed one)."""
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
-    if (ckpt / "state.pt").is_file() and not resume:
+    if ckpt_io.exists(ckpt) and not resume:
         raise SbtError(f"{out} already has a checkpoint; pass --resume to continue it or choose another --out")
-    if resume and not (ckpt / "state.pt").is_file():
+    if resume and not ckpt_io.exists(ckpt):
         raise SbtError(f"--resume: no checkpoint in {ckpt}")
+    with output_lock(out, is_dir=True, what="--out"):
+        return _train(cfg, resume, log, on_step, command)
+
+
+def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None],
+           on_step: Callable[[dict], None] | None, command: str) -> dict:
+    out = Path(cfg.out)
+    ckpt = out / "checkpoint"
+    saved = ckpt_io.load(ckpt) if resume else None  # a damaged checkpoint: one line before any work
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -192,19 +179,25 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98),
                             fused=device.type == "cuda")
     state = TrainState()
-    saved = None
-    if resume:
-        saved = torch.load(ckpt / "state.pt", weights_only=False)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        state = TrainState(**saved["train_state"])
-        log(f"resumed at step {state.step:,} ({state.tokens:,} tokens)")
+    average = None
+    where = ckpt / (ckpt_io.STATE_JSON if (ckpt / ckpt_io.STATE_JSON).is_file() else ckpt_io.LEGACY)
     try:
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            state = TrainState(**saved["train_state"])
+            if not (isinstance(state.step, int) and isinstance(state.tokens, int) and state.step >= 0
+                    and isinstance(state.wall_s, (int, float)) and isinstance(state.curve, list)):
+                raise ValueError("bad train state")
         average = WeightAverage(model, cfg.ema) if cfg.ema else None
-    except ValueError as exc:
-        raise SbtError(str(exc)) from None
-    if average and saved and saved.get("ema"):
-        average.load_state_dict(saved["ema"])
+        if average and saved is not None and saved.get("ema"):
+            average.load_state_dict(saved["ema"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise SbtError(f"{where}: the checkpoint does not fit this model ({type(exc).__name__}: "
+                       f"{first[:120]})") from None
+    if saved is not None:
+        log(f"resumed at step {state.step:,} ({state.tokens:,} tokens)")
     shipped = average.applied if average else contextlib.nullcontext
     avg_len = data.n_tokens / len(data)
     total_steps = max(1, int(cfg.max_tokens / (avg_len * cfg.batch_size)))
@@ -220,26 +213,23 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
 
     def checkpoint():
         state.wall_s = time.time() - t_start
-        tmp = ckpt / "state.pt.tmp"
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "train_state": asdict(state), "config": asdict(cfg),
-                    "ema": average.state_dict() if average else None}, tmp)
-        os.replace(tmp, ckpt / "state.pt")
+        ckpt_io.save(ckpt, model=model.state_dict(), optimizer=opt.state_dict(), train_state=asdict(state),
+                     config=asdict(cfg), ema=average.state_dict() if average else None)
 
     def evaluate():
         with shipped():
             rep = greedy_accuracy(model, tok, val)
         point = {"step": state.step, "tokens": state.tokens, "wall_s": round(time.time() - t_start, 1),
-                 "loss": round(loss_ema, 4) if loss_ema is not None else None, "val_greedy": rep.accuracy,
-                 "val_ended_backtrack": rep.to_json()["ended_backtrack"]}
+                 "loss": round(loss_ema, 4) if loss_ema is not None and math.isfinite(loss_ema) else None,
+                 "val_greedy": rep.accuracy, "val_ended_backtrack": rep.to_json()["ended_backtrack"]}
         state.curve.append(point)
         log(json.dumps(point))
         best_file = out / "best" / "best.json"
-        best = json.loads(best_file.read_text())["val_greedy"] if best_file.is_file() else -1.0
+        best = _best_so_far(best_file)
         if rep.accuracy > best:  # keep the best-on-val model too (model selection on val only)
             with shipped():
                 save_model(model, tok, out / "best")
-            (out / "best" / "best.json").write_text(json.dumps(point) + "\n")
+            ckpt_io.write_json(best_file, point)
 
     for step, epoch, batch in iterate(data, cfg.batch_size, cfg.seed, state.step):
         if step >= total_steps:
@@ -270,7 +260,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     with shipped():
         save_model(model, tok, out)
     report = {
-        "command": os.environ.get("SBT_TRAIN_COMMAND", ""),
+        "command": command,
         "config": asdict(cfg),
         "data": {"train_file": cfg.paths_file or str(Path(cfg.data_dir) / "train.jsonl"), "examples": len(data),
                  "example_tokens": data.n_tokens, "recipe": cfg.recipe().to_json(),
@@ -283,8 +273,17 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         "curve": state.curve,
         "final": state.curve[-1] if state.curve else None,
     }
-    (out / "training.json").write_text(json.dumps(report, indent=1) + "\n")
+    ckpt_io.write_json(out / "training.json", report)
     return report
+
+
+def _best_so_far(best_file: Path) -> float:
+    """The val accuracy of the kept best model (-1 when none, or its record is unreadable)."""
+    try:
+        value = json.loads(best_file.read_text())["val_greedy"]
+        return float(value) if isinstance(value, (int, float)) else -1.0
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1.0
 
 
 def _cpu_has_bf16() -> bool:

@@ -27,8 +27,7 @@ import shutil
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "bf16-master")
-COMPILE = ("auto", "on", "off")
+from .config import COMPILE, PRECISIONS
 MIN_STEPS_TO_COMPILE = 300  # below this, compile time is not paid back
 
 

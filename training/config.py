@@ -1,0 +1,141 @@
+"""The settings of a training run (``TrainConfig``), checked when it is made: without torch,
+so that ``sbt train`` refuses an impossible setting at once, before any model loads.
+
+Which settings define the experiment (and so must not change on ``--resume``) and which may
+change (``RESUMABLE``) is decided here too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from sbt_core.errors import SbtError
+from sbt_core.limits import (MAX_BACK_RATIO, MAX_BATCH_SIZE, MAX_LR, MAX_PUZZLES, MAX_SEED, MAX_THREADS,
+                             MAX_TRAIN_TOKENS, check_range)
+
+from .data import Recipe
+from .model import SIZES
+
+PRECISIONS = ("auto", "fp32", "bf16", "bf16-master")  # see training/stepper.py
+COMPILE = ("auto", "on", "off")
+
+# the command-line option of each setting (for messages)
+FLAGS = {"data_dir": "--data-dir", "data": "--data", "back_ratio": "--back-ratio", "kind_weights": "--kinds",
+         "goal_forcing": "--goal-forcing", "own_errors": "--own-errors", "honest_last": "--honest-last",
+         "size": "--size", "base_model": "--base-model", "train_puzzles": "--train-puzzles",
+         "max_tokens": "--tokens", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed",
+         "eval_every": "--eval-every", "eval_puzzles": "--eval-puzzles", "ckpt_every": "--ckpt-every",
+         "precision": "--precision", "compile": "--compile", "threads": "--threads", "ema": "--ema",
+         "paths_file": "--paths", "extra_puzzles": "--extra-puzzles"}
+# settings that may differ between a run and its --resume: how long, how often to look, how
+# many threads; everything else defines the experiment (and ``out`` is where the run lives now)
+RESUMABLE = ("out", "max_tokens", "eval_every", "ckpt_every", "threads")
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    data_dir: str
+    data: str = "op+back"
+    back_ratio: float = 1.0
+    kind_weights: tuple = (1.0, 2.0, 2.0)
+    goal_forcing: float = 0.5  # share of computational errors that fake the goal (training/data.py)
+    own_errors: float = 1.0  # share of a paths file's own mistakes (sbt harvest --mistakes) trained on
+    honest_last: float = 0.0  # share of paths that also get an honest-last example (training/data.py)
+    size: str = "small"
+    base_model: str | None = None
+    train_puzzles: int | None = None
+    max_tokens: int = 50_000_000  # training tokens (non-padding) to process
+    batch_size: int = 256
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+    seed: int = 0
+    eval_every: int = 500
+    eval_puzzles: int = 300
+    ckpt_every: int = 200
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast) | bf16-master (see training/stepper.py)
+    compile: str = "auto"  # auto | on | off: torch.compile the training step
+    attn: str = "eager"
+    threads: int = 0
+    ema: float = 0.0  # decay of the weight average that is evaluated and saved (0: off; see training/ema.py)
+    # a JSONL of {"numbers", "target", "steps": ["a op b = c", ...]}: train on these given
+    # paths (e.g. verified search outputs: `sbt iterate`, `sbt train --paths`) instead of
+    # solver paths; with data "op+back" the D_back examples are built on them too
+    paths_file: str | None = None
+    # a JSONL of puzzles ({"numbers", "target"}) whose solver paths are trained on too, on top
+    # of train.jsonl or --paths (e.g. small-number puzzles: `sbt data generate --max-number 12`)
+    extra_puzzles: str | None = None
+
+    def __post_init__(self) -> None:
+        self.kind_weights = tuple(self.kind_weights) if isinstance(self.kind_weights, (list, tuple)) else self.kind_weights
+        self.check()
+
+    def check(self) -> None:
+        """``SbtError`` (one line naming the option) for a setting no run can use."""
+        for name in ("out", "data_dir"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise SbtError(f"{FLAGS.get(name, '--out')} must be a path, got {getattr(self, name)!r}")
+        if not all(isinstance(getattr(self, n), str) for n in ("data", "size", "precision", "compile", "attn")):
+            raise SbtError("--data, --size, --precision and --compile must be names")
+        if self.size not in SIZES:
+            raise SbtError(f"--size must be one of {', '.join(SIZES)}, got {self.size!r}")
+        if self.precision not in PRECISIONS:
+            raise SbtError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.compile not in COMPILE:
+            raise SbtError(f"--compile must be one of {', '.join(COMPILE)}, got {self.compile!r}")
+        check_range(self.batch_size, "--batch-size", 1, MAX_BATCH_SIZE, integer=True)
+        check_range(self.max_tokens, "--tokens", 1, MAX_TRAIN_TOKENS, integer=True)
+        check_range(self.lr, "--lr", 0, MAX_LR, low_open=True)
+        check_range(self.seed, "--seed", 0, MAX_SEED, integer=True)
+        check_range(self.threads, "--threads", 0, MAX_THREADS, integer=True)
+        check_range(self.eval_puzzles, "--eval-puzzles", 1, MAX_PUZZLES, integer=True)
+        if self.train_puzzles is not None:
+            check_range(self.train_puzzles, "--train-puzzles", 1, MAX_PUZZLES, integer=True)
+        for name in ("eval_every", "ckpt_every", "warmup_steps"):
+            check_range(getattr(self, name), FLAGS.get(name, name), 1 if name != "warmup_steps" else 0, math.inf,
+                        integer=True)
+        check_range(self.back_ratio, "--back-ratio", 0, MAX_BACK_RATIO)
+        for name in ("goal_forcing", "own_errors", "honest_last", "min_lr_ratio"):
+            check_range(getattr(self, name), FLAGS.get(name, name), 0, 1)
+        check_range(self.weight_decay, "weight_decay", 0, 1)
+        ema_ok = isinstance(self.ema, (int, float)) and not isinstance(self.ema, bool) and (
+            self.ema == 0 or 0 < self.ema < 1)  # (False for nan)
+        if not ema_ok:
+            raise SbtError(f"--ema must be 0 (off) or between 0 and 1, both excluded (e.g. 0.995), got {self.ema!r}")
+        w = self.kind_weights
+        if not (isinstance(w, tuple) and len(w) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                              and math.isfinite(x) and x >= 0 for x in w) and sum(w) > 0):
+            raise SbtError(f"--kinds must look like 1:2:2 (three non-negative weights, not all 0), got {w!r}")
+        for name in ("base_model", "paths_file", "extra_puzzles"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise SbtError(f"{FLAGS[name]} must be a path, got {getattr(self, name)!r}")
+        try:
+            self.recipe()
+        except ValueError as exc:
+            raise SbtError(str(exc)) from None
+
+    def recipe(self) -> Recipe:
+        return Recipe(self.data, self.back_ratio, tuple(self.kind_weights), self.goal_forcing, self.own_errors,
+                      self.honest_last)
+
+    @classmethod
+    def from_saved(cls, saved: dict, where: str) -> "TrainConfig":
+        """The config stored in a checkpoint (``where`` names it in errors)."""
+        if not isinstance(saved, dict):
+            raise SbtError(f"{where}: no training settings in it")
+        saved = dict(saved)
+        saved.setdefault("goal_forcing", 0.0)  # checkpoints from before the option: their data had none
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(saved) - known)
+        if unknown:
+            raise SbtError(f"{where}: unknown training settings {', '.join(map(str, unknown))} (made by another "
+                           "version of sbt?)")
+        try:
+            return cls(**saved)
+        except TypeError as exc:
+            raise SbtError(f"{where}: incomplete training settings ({exc})") from None
+        except SbtError as exc:
+            raise SbtError(f"{where}: {exc}") from None
