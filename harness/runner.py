@@ -31,6 +31,7 @@ from sbt_core.countdown import Puzzle
 from sbt_core.errors import SbtError
 from sbt_core.generate import read_puzzles
 from sbt_core.search import METHODS, method_params
+from sbt_core.search.common import resolve_params, show_value
 from sbt_core.search.events import Done, SearchResult
 
 from .store import REPO_ROOT, Store, canonical_json, puzzles_sha256
@@ -110,7 +111,7 @@ def parse_list(text: str | None, cast: Callable[[str], Any], what: str) -> list:
         try:
             value = cast(part)
         except ValueError:
-            raise SbtError(f"{what}: {part!r} is not a valid value") from None
+            raise SbtError(f"{what}: {show_value(part)} is not a valid value") from None
         if value not in out:
             out.append(value)
     return out
@@ -131,7 +132,8 @@ def parse_param_options(items: Sequence[str]) -> dict[str, list]:
 def plan_matrix(methods: Sequence[str], ns: Sequence[int], bs: Sequence[int],
                 models: Sequence[str | None], temperature: float | None = None,
                 extra: dict[str, list] | None = None,
-                model_defaults: Callable[[str | None], dict] | None = None) -> list[RunSpec]:
+                model_defaults: Callable[[str | None], dict] | None = None,
+                model_defaults_name: Callable[[str | None], str] | None = None) -> list[RunSpec]:
     """The runs of a bench: every method x its meaningful params x models.
 
     A knob is varied only for methods that take it (``Method.params``): ``b`` only for
@@ -139,18 +141,14 @@ def plan_matrix(methods: Sequence[str], ns: Sequence[int], bs: Sequence[int],
     samplers, ``extra`` (``--param KEY=V,..``) only where KEY is a parameter; methods
     without a model get one run whatever ``models`` says. Each run's params are the
     method's defaults, then ``model_defaults(model)`` (the model's recommended sampling
-    settings, ``sbt_core.models.search_defaults``), then these overrides, so a run records
-    every setting it used.
+    settings, ``sbt_core.models.search_defaults``; ``model_defaults_name(model)`` names
+    that file in an error line), then these overrides, so a run records every setting it
+    used. Every value is checked against the documented limits (``sbt_core.limits``, via
+    ``method_params``), also one that no chosen method takes: ``SbtError`` before any run.
     """
     for m in methods:
         if m not in METHODS:
             raise SbtError(f"unknown method {m!r}; choose from: {', '.join(METHODS)}")
-    for n in ns:
-        if n < 1:
-            raise SbtError(f"--n must be at least 1, got {n}")
-    for b in bs:
-        if b < 0:
-            raise SbtError(f"--b must be at least 0, got {b}")
     extra = dict(extra or {})
     known = {p for m in methods for p in METHODS[m].params}
     unused = [k for k in extra if k not in known]
@@ -159,17 +157,24 @@ def plan_matrix(methods: Sequence[str], ns: Sequence[int], bs: Sequence[int],
     knobs: dict[str, list] = {"n": list(ns), "b": list(bs)}
     if temperature is not None:
         knobs["temperature"] = [float(temperature)]
+    for key, values in [*knobs.items(), *extra.items()]:  # the knobs' limits, whichever method takes them
+        for v in values:
+            resolve_params({}, {key: v}, names=["--param {key}" if key in extra else "--{flag}"])
     knobs.update(extra)
     models = list(models) or [None]
     specs: list[RunSpec] = []
     for model in models:
         recommended = model_defaults(model) if model_defaults is not None else {}
+        where = model_defaults_name(model) if model_defaults_name is not None else None
         for m in methods:
             spec = METHODS[m]
-            defaults = method_params(m, recommended if spec.needs_model else None)
             axes = [[(k, v) for v in values] for k, values in knobs.items() if k in spec.params and values]
             for combo in itertools.product(*axes):
-                params = {**defaults, **dict(combo)}
+                chosen = dict(combo)
+                params = method_params(m, recommended if spec.needs_model else None,
+                                       {k: v for k, v in chosen.items() if k not in extra},
+                                       {k: v for k, v in chosen.items() if k in extra},
+                                       names=[where, "--{flag}", "--param {key}"])
                 rs = RunSpec(m, tuple(sorted(params.items())), model if spec.needs_model else None)
                 if rs not in specs:
                     specs.append(rs)
@@ -233,6 +238,17 @@ def load_source(split: str | None, puzzles_file: str | Path | None, data: str | 
             raise SbtError(f"no puzzles in {path}")
         _SOURCE_CACHE[key] = PuzzleSource(path, split_name, puzzles, puzzles_sha256(puzzles))
     return _SOURCE_CACHE[key]
+
+
+def puzzles_numbers(puzzles_file: str | Path) -> int:
+    """How many input numbers the puzzles of ``puzzles_file`` have: with no ``--model``,
+    the default model is picked by it (``sbt_core.models.default_model``, as ``sbt solve``
+    does). ``SbtError`` for a file that mixes sizes (no one default model fits it)."""
+    sizes = sorted({len(p.numbers) for p in load_source(None, puzzles_file).puzzles})
+    if len(sizes) > 1:
+        raise SbtError(f"--puzzles {puzzles_file} mixes puzzles of {', '.join(map(str, sizes))} numbers and no "
+                       "default model fits them all; pass --model (or one file per size)")
+    return sizes[0]
 
 
 # --------------------------------------------------------------------------- provenance
@@ -465,7 +481,13 @@ class Bench:
                                 [run_id, total])[0]["k"]
 
     def preflight(self) -> None:
-        """Resolve every puzzle file and model before starting (errors early, not after an hour)."""
+        """Check every run's parameters (``sbt_core.limits``), resolve every puzzle file and
+        model before starting: errors early, not after an hour, and before any run row is
+        written."""
+        for spec in self.specs:
+            if spec.method not in METHODS:
+                raise SbtError(f"unknown method {spec.method!r}; choose from: {', '.join(METHODS)}")
+            method_params(spec.method, spec.params_dict, names=[f"{spec.method}: parameter {{key}}"])
         for spec in self.specs:
             self.source_for(spec)
         if self.load_backend is None and any(s.needs_model for s in self.specs):

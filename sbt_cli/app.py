@@ -23,6 +23,16 @@ def _fail(message: str, code: int):
     sys.exit(code)
 
 
+def _value_options(cmd) -> set[str]:
+    """The option names of ``cmd`` that take a value (``--n``, ``-m``), not flags."""
+    return {o for p in getattr(cmd, "params", ()) if getattr(p, "param_type_name", "") == "option"
+            and not getattr(p, "is_flag", False) for o in (*p.opts, *p.secondary_opts)}
+
+
+def _option_names(cmd) -> set[str]:
+    return {o for p in getattr(cmd, "params", ()) for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+
+
 class SbtGroup(TyperGroup):
     """The root command: every error becomes ONE line on stderr and an exit code.
 
@@ -47,8 +57,11 @@ class SbtGroup(TyperGroup):
                 hint = ""
                 if any(c.__name__ == "UsageError" for c in type(exc).__mro__):
                     ctx = getattr(exc, "ctx", None)
-                    words = ["sbt", *(ctx.command_path.split()[1:] if ctx is not None else [])]
-                    hint = f" (see '{' '.join(words)} --help')"
+                    words = ctx.command_path.split()[1:] if ctx is not None else []
+                    walked = self._command_words(args)  # click may name only a parent's context
+                    if walked[:len(words)] == words:
+                        words = walked
+                    hint = f" (see '{' '.join(['sbt', *words])} --help')"
                 _fail(exc.format_message() + hint, exc.exit_code)
             if type(exc).__name__ == "Abort":
                 _fail("aborted", 1)
@@ -63,6 +76,28 @@ class SbtGroup(TyperGroup):
             sys.exit(code)
         return rv
 
+    def _command_words(self, args: list[str]) -> list[str]:
+        """The subcommand names in ``args`` (``["bench", "report"]``): the command a usage
+        error belongs to when click raises it without a context (an option given without
+        its value, e.g. ``sbt solve --n``)."""
+        words: list[str] = []
+        cmd, takes_value = self, _value_options(self)
+        for i, tok in enumerate(args):
+            if tok == "--" or not hasattr(cmd, "commands"):  # a command, not a group: done
+                break
+            if i and args[i - 1] in takes_value:
+                continue
+            if tok.startswith("-"):
+                if tok.split("=", 1)[0] not in _option_names(cmd):  # the error is this group's
+                    break
+                continue
+            sub = cmd.commands.get(tok)
+            if sub is None:
+                break
+            words.append(tok)
+            cmd, takes_value = sub, _value_options(sub)
+        return words
+
     def _puzzle_args(self, args: list[str]) -> list[str]:
         """``sbt solve "-1 2 -> 3"``: a puzzle that starts with '-' is not an option.
 
@@ -71,9 +106,7 @@ class SbtGroup(TyperGroup):
         """
         if not args or args[0] != "solve" or "--" in args:
             return args
-        cmd = self.commands.get("solve")
-        takes_value = {o for p in getattr(cmd, "params", ()) if getattr(p, "param_type_name", "") == "option"
-                       and not getattr(p, "is_flag", False) for o in (*p.opts, *p.secondary_opts)}
+        takes_value = _value_options(self.commands.get("solve"))
         for i in range(1, len(args)):
             tok = args[i]
             if args[i - 1] in takes_value:

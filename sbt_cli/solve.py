@@ -10,7 +10,7 @@ from rich.console import Console
 
 from sbt_core.countdown import parse_puzzle
 from sbt_core.errors import NoSolutionError, SbtError
-from sbt_core.search import METHODS, method_params
+from sbt_core.search import METHODS, defaults_name, method_params
 from sbt_core.solver import is_solvable
 from sbt_core.search.events import Done
 
@@ -49,17 +49,21 @@ def _solve(text: str, method: str, model: str | None, backend_name: str, given: 
     if method not in METHODS:
         raise SbtError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     spec = METHODS[method]
-    engine, model_defaults = None, {}
+    engine, model_defaults, where = None, {}, None
+    if spec.needs_model:
+        from sbt_core.models import search_defaults
+
+        model_defaults = search_defaults(model, len(p.numbers))
+        where = defaults_name(model, len(p.numbers))
+    # every value is checked against the documented limits before any model loads
+    params = method_params(method, model_defaults, given, names=(where, "--{flag}"))
     if spec.needs_model:
         if not is_solvable(p.numbers, p.target):  # no search can verify; say so instead of searching
             raise NoSolutionError(f"{p} has no solution: no way of combining the numbers reaches {p.target} "
                                   "(checked by the exact solver)")
         from sbt_core.backends import load_backend
-        from sbt_core.models import search_defaults
 
-        model_defaults = search_defaults(model, len(p.numbers))
         engine = load_backend(model, backend_name, n_numbers=len(p.numbers))
-    params = method_params(method, model_defaults, given)
     console = Console(highlight=False)
     view = None
     if not as_json:

@@ -28,9 +28,12 @@ def tui(
     from tui.sources import Settings, load_trace_file
 
     from sbt_core.errors import SbtError
+    from sbt_core.search.common import resolve_params
 
     if speed not in SPEEDS:
         raise SbtError(f"--speed must be one of {', '.join(map(str, SPEEDS))}")
+    # the budgets and the temperature get the checks of `sbt solve` (sbt_core.limits) before the app starts
+    resolve_params({}, {"n": n, "b": b, "temperature": temperature}, names=["--{flag}"])
     # a puzzle that cannot be read opens the app with it in the box and the error under it
     loaded = load_trace_file(trace) if trace is not None else None
     settings = Settings(method=method, n=n, b=b, temperature=temperature, seed=seed, model=model,  # None: per puzzle

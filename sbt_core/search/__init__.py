@@ -9,7 +9,7 @@ methods use the verifier or the solver, so they are not model-only methods.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from ..countdown import Puzzle
 from .events import Done, Event, SearchResult
@@ -57,15 +57,24 @@ def _registry() -> dict[str, Method]:
 METHODS: dict[str, Method] = _registry()
 
 
-def method_params(method: str, *layers: dict | None) -> dict[str, Any]:
+def method_params(method: str, *layers: dict | None, names: Sequence[str | None] = ()) -> dict[str, Any]:
     """``method``'s defaults overlaid by each layer in turn (e.g. the model's search
     defaults, then the user's choices); keys the method does not take and ``None`` values
-    are skipped."""
-    spec = METHODS[method]
-    params = dict(spec.defaults)
-    for layer in layers:
-        params.update({k: v for k, v in (layer or {}).items() if k in spec.defaults and v is not None})
-    return params
+    are skipped. Every value is checked against ``sbt_core.limits`` (``SbtError`` naming
+    ``names[i]``, where layer ``i`` came from: see ``common.resolve_params``), so callers
+    call this before loading a model. Valid numbers are kept as given."""
+    from .common import resolve_params
+
+    return resolve_params(METHODS[method].defaults, *layers, names=names, keep_numbers=True)
+
+
+def defaults_name(model: str | None, n_numbers: int = 4) -> str:
+    """The ``names`` entry for a model's ``search_defaults.json`` layer of ``method_params``
+    (``{key} in PATH``), so that a bad value there is blamed on the file, not on an option."""
+    from ..models import SEARCH_DEFAULTS_FILE, default_model, model_dir_of
+
+    path = str(model_dir_of(model or default_model(n_numbers)) / SEARCH_DEFAULTS_FILE)
+    return "{key} in " + path.replace("{", "{{").replace("}", "}}")
 
 
 def run_search(method: str, puzzle: Puzzle, backend=None, params: dict | None = None, seed: int = 0) -> SearchResult:

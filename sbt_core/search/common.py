@@ -10,34 +10,90 @@ in ``Goal Reached!`` (dfs, pass@n: distinct verified answers).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Generator, Iterator
+from typing import Any, Generator, Iterator, Sequence
 
-from ..countdown import Failure, Puzzle, Verdict, parse_step, verify
+from ..countdown import Failure, Puzzle, Verdict, parse_step, shorten, verify
 from ..errors import SbtError
+from ..limits import SEARCH_MAXIMUM, SEARCH_MINIMUM, check_temperature
 from ..trace import parse_response, prompt, render_steps
 from .events import Candidate, Done, Event, Expand, Sample, SearchResult, Select, Stats, StepEvent
 
 ENDING_RANK = {"goal": 2, "none": 1, "backtrack": 0}
 
 
-MINIMUM = {"n": 1, "b": 0, "width": 1, "nodes": 1, "temperature": 0, "top_k": 0, "max_new_tokens": 1, "max_states": 0}
+def show_value(value: Any) -> str:
+    """A value for an error line: short, never raising (a huge int, a long string)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value.bit_length() > 64:  # str() of a huge int is slow, or raises past 4300 digits
+            return f"about {'-' if value < 0 else ''}1e{round((abs(value).bit_length() - 1) * math.log10(2))}"
+        return str(value)
+    return shorten(repr(value), 40)
 
 
-def resolve_params(defaults: dict[str, Any], params: dict | None) -> dict[str, Any]:
-    """The method's parameters: its defaults overridden by the known keys of ``params``
-    (``None`` values ignored). Raises ``SbtError`` for a value of the wrong type or range."""
+def check_param(key: str, value: Any, kind: type = int, label: str | None = None) -> Any:
+    """``value`` as a ``kind`` (int or float) if it is a usable value of search parameter
+    ``key``, else ``SbtError`` naming ``label`` (default ``parameter KEY``) and the limit.
+
+    Numbers must be finite; whole-number parameters take only whole numbers (``8.0`` is
+    8, ``2.5`` is refused); the bounds are ``sbt_core.limits.SEARCH_MINIMUM`` /
+    ``SEARCH_MAXIMUM``; the temperature goes through ``limits.check_temperature`` (0:
+    greedy decoding, as every sampling backend treats it).
+    """
+    label = label or f"parameter {key}"
+    what = "a whole number" if kind is int and key != "temperature" else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise SbtError(f"{label} must be {what}, got {show_value(value)}")
+    low, high = SEARCH_MINIMUM.get(key), SEARCH_MAXIMUM.get(key)
+    if isinstance(value, int) and value.bit_length() > 64:  # beyond every limit (and beyond a float)
+        bound = f"at most {show_value(high)}" if value > 0 and high is not None else \
+            f"at least {show_value(low)}" if value < 0 and low is not None else "a smaller number"
+        raise SbtError(f"{label} must be {bound}, got {show_value(value)}")
+    try:
+        number = float(value.strip()) if isinstance(value, str) else value
+    except ValueError:
+        raise SbtError(f"{label} must be {what}, got {show_value(value)}") from None
+    if key == "temperature":
+        return check_temperature(number, label)
+    if not math.isfinite(number) or (kind is int and number != int(number)):
+        raise SbtError(f"{label} must be {what}, got {show_value(value)}")
+    if low is not None and number < low:
+        raise SbtError(f"{label} must be at least {show_value(low)}, got {show_value(value)}")
+    if high is not None and number > high:
+        raise SbtError(f"{label} must be at most {show_value(high)}, got {show_value(value)}")
+    return kind(number)
+
+
+def resolve_params(defaults: dict[str, Any], *layers: dict | None, names: Sequence[str | None] = (),
+                   keep_numbers: bool = False) -> dict[str, Any]:
+    """A method's parameters: its ``defaults`` overlaid by each layer in turn (e.g. the
+    model's search defaults, then the user's choices); keys the method does not take and
+    ``None`` values are skipped. The one place where search parameters are checked
+    (``check_param``): every value of a layer whose key has a limit is checked, also one
+    the method does not take (a value out of range is refused, not silently ignored).
+
+    ``names[i]`` says where layer ``i`` came from, for the error line: a format string
+    with ``{key}`` and ``{flag}`` (``top-k`` for ``top_k``), e.g. ``"--{flag}"`` or
+    ``"--param {key}"``; default ``parameter {key}``. ``keep_numbers``: a valid int or
+    float is kept as given (``1`` stays ``1`` for a float parameter), so that a run's
+    recorded parameters, and with them a bench run's identity, do not change.
+    """
     out = dict(defaults)
-    for key, value in (params or {}).items():
-        if key not in out or value is None:
-            continue
-        try:
-            out[key] = type(defaults[key])(value)
-        except (TypeError, ValueError):
-            raise SbtError(f"parameter {key} must be a number, got {value!r}") from None
-        if key in MINIMUM and out[key] < MINIMUM[key]:
-            raise SbtError(f"parameter {key} must be at least {MINIMUM[key]}, got {value}")
+    for i, layer in enumerate(layers):
+        name = (names[i] if i < len(names) else None) or "parameter {key}"
+        for key, value in (layer or {}).items():
+            if value is None or (key not in out and key not in SEARCH_MINIMUM):
+                continue
+            kind = type(out[key]) if key in out and type(out[key]) in (int, float) else \
+                type(SEARCH_MINIMUM.get(key, 0))
+            checked = check_param(key, value, kind, name.format(key=key, flag=key.replace("_", "-")))
+            if key in out:
+                keep = keep_numbers and isinstance(value, (int, float)) and not isinstance(value, bool)
+                out[key] = value if keep else checked
     return out
 
 

@@ -10,10 +10,11 @@ Round 0 expands the root (empty response) with ``n`` samples. In every sample:
 
 Rounds 1..b expand each DISTINCT queued state of the previous round once, with ``n``
 samples each, in one batched model call (a state is re-expanded even if an earlier round
-expanded it: new samples). Budget: ``max_states`` caps the states per round (0 = no cap;
-when capped, the states with the most backtracks, then the earliest, go first), so a
-search draws at most ``n * (1 + sum of states per round)`` samples. ``b = 0`` is plain
-sampling with the same selector (Best-of-N).
+expanded it: new samples). Budget: ``max_states`` caps the states per round (0 = no cap
+but the tool's: ``sbt_core.limits.MAX_SAMPLES_PER_ROUND // n`` states, so that one round's
+batched call stays bounded; when capped, the states with the most backtracks, then the
+earliest, go first), so a search draws at most ``n * (1 + sum of states per round)``
+samples. ``b = 0`` is plain sampling with the same selector (Best-of-N).
 
 Selection: among candidates, the highest negative perplexity = mean token log-prob of
 the whole response (a rolled-back prefix's tokens are scored once per state with
@@ -28,6 +29,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from ..countdown import Puzzle
+from ..limits import MAX_SAMPLES_PER_ROUND
 from ..trace import parse_response
 from .common import SearchRun, mean, resolve_params
 from .events import Backtrack, Event
@@ -66,13 +68,20 @@ def run_self_backtrack(puzzle: Puzzle, backend, params: dict | None = None, seed
                     rolled = full[:-1]
                     yield Backtrack(e.node, i, full[-1] if full else "", list(rolled), rnd)
                     queued[tuple(rolled)] = queued.get(tuple(rolled), 0) + 1
-        frontier = _next_states(queued, p["max_states"])
+        frontier = _next_states(queued, round_cap(p["n"], p["max_states"]))
     best = run.best_candidate()
     if best is None:
         yield from run.finish(None, None, "no sample ended in Goal Reached!; best attempt shown")
     else:
         why = f"highest mean token log-prob among {len(run.candidates)} candidate(s)"
         yield from run.finish(best.lines, best.score, why + (f", found {best.count}x" if best.count > 1 else ""))
+
+
+def round_cap(n: int, max_states: int) -> int:
+    """The most states a round expands: ``max_states`` (0: none), and never more than
+    ``MAX_SAMPLES_PER_ROUND // n`` (at least 1)."""
+    tool = max(1, MAX_SAMPLES_PER_ROUND // max(1, n))
+    return min(max_states, tool) if max_states else tool
 
 
 def _next_states(queued: dict[tuple[str, ...], int], cap: int) -> list[list[str]]:
