@@ -14,11 +14,13 @@ import json
 import math
 import os
 import socket
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from sbt_core.countdown import Failure
+from sbt_core.errors import SbtError
 
 from . import paper
 from .runner import format_label, format_params
@@ -140,7 +142,7 @@ def leaderboard(store: Store, *, split: str | None = None, model: str | None = N
     for r in store.query(sql, args):
         if not r["n"] and not include_empty:
             continue
-        params = json.loads(r["params"]) if r["params"] else {}
+        params = _params(r["params"])
         n, k = r["n"], r["k"]
         lo, hi = wilson(k, n) if n else (None, None)
         rows.append(LeaderRow(
@@ -156,6 +158,15 @@ def leaderboard(store: Store, *, split: str | None = None, model: str | None = N
     _tell_weights_apart(rows)
     rows.sort(key=lambda x: (x.split, x.model or "", -(x.accuracy or 0), x.method, x.label, x.seed))
     return rows
+
+
+def _params(text: str | None) -> dict:
+    """A run's stored params; {} for a hand-edited value that is not a JSON object."""
+    try:
+        params = json.loads(text) if text else {}
+    except (TypeError, ValueError):
+        return {}
+    return params if isinstance(params, dict) else {}
 
 
 def _tell_weights_apart(rows: list[LeaderRow]) -> None:
@@ -328,12 +339,15 @@ def save_plots(curves: Sequence[Curve], paths: Sequence[str | Path], with_paper:
     fig.suptitle("Test-time scaling on Countdown")
     fig.tight_layout()
     written = []
-    for p in paths:
-        p = Path(p)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(p, dpi=140 if p.suffix.lower() == ".png" else None)
-        written.append(p)
-    plt.close(fig)
+    try:
+        for p in paths:
+            p = Path(p)
+            buf = io.BytesIO()
+            fig.savefig(buf, format=p.suffix.lower().lstrip(".") or "png",
+                        dpi=140 if p.suffix.lower() == ".png" else None)
+            written.append(write_atomic(p, buf.getvalue(), what="--plot"))
+    finally:
+        plt.close(fig)
     return written
 
 
@@ -398,19 +412,36 @@ CSV_FIELDS = ["run_id", "method", "params", "label", "model", "model_sha256", "b
               "seconds_per_puzzle", "backtracks_per_puzzle", "model_calls_per_puzzle", "git_sha", "started"]
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (inf, -inf, nan: a hand-edited or odd stored
+    value) replaced by None, so that it can be written as strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def strict_json(obj: Any, **kwargs) -> str:
+    """Strict JSON (no ``Infinity`` / ``NaN``: they become null) of report data."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
 def to_csv(report: Report) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_FIELDS + [f"failure_{f}" for f in FAILURES])
     for r in report.rows:
-        d = r.to_dict()
-        d["params"] = json.dumps(r.params, sort_keys=True)
+        d = json_safe(r.to_dict())
+        d["params"] = strict_json(r.params, sort_keys=True)
         w.writerow([("" if d[k] is None else d[k]) for k in CSV_FIELDS] + [r.failures.get(f, 0) for f in FAILURES])
     return buf.getvalue()
 
 
 def to_json(report: Report, with_paper: bool = True) -> str:
-    return json.dumps(report.to_dict(with_paper), indent=1, allow_nan=False) + "\n"
+    return strict_json(report.to_dict(with_paper), indent=1) + "\n"
 
 
 def _md_table(head: list[str], rows: list[list[str]], align: str | None = None) -> str:
@@ -484,9 +515,12 @@ def to_markdown(report: Report, with_paper: bool = True) -> str:
 
 def render(report: Report, console, *, with_paper: bool = True, with_curves: bool = True,
            with_failures: bool = True, plot_width: int | None = None) -> None:
+    """The report as Rich tables. Every stored string (method, model, split, label, path)
+    is escaped: a ``[`` in a name is shown, never read as Rich markup."""
+    from rich.markup import escape as esc
     from rich.table import Table
 
-    t = Table(title="Leaderboard" + (f" — {report.db}" if report.db else ""), title_justify="left",
+    t = Table(title="Leaderboard" + (f" — {esc(report.db)}" if report.db else ""), title_justify="left",
               header_style="bold", caption=("† oracle: uses the exact solver or the verifier" if any(r.oracle for r in report.rows) else None),
               caption_justify="left")
     for i, h in enumerate(SHORT_HEAD):
@@ -497,7 +531,7 @@ def render(report: Report, console, *, with_paper: bool = True, with_curves: boo
         if prev is not None and group != prev:
             t.add_section()
         prev = group
-        cells = leaderboard_cells(r)
+        cells = [esc(c) for c in leaderboard_cells(r)]
         if r.status != "done":
             cells[-1] = f"[yellow]{cells[-1]}[/]"
         t.add_row(*cells)
@@ -514,7 +548,7 @@ def render(report: Report, console, *, with_paper: bool = True, with_curves: boo
             ft.add_column(FAILURE_SHORT.get(f, f), justify="right", no_wrap=True)
         for r in report.rows:
             if r.failures:
-                ft.add_row(r.label, _model(r), r.split, *failure_cells(r))
+                ft.add_row(esc(r.label), esc(_model(r)), esc(r.split), *failure_cells(r))
         console.print(ft)
 
     if with_curves and report.curves:
@@ -530,8 +564,9 @@ def render(report: Report, console, *, with_paper: bool = True, with_curves: boo
         for h in ("experiment", "round", "model", "fast acc %", "slow acc %", "train paths", "status"):
             it.add_column(h, justify="right" if h in ("round", "fast acc %", "slow acc %", "train paths") else "left")
         for i in report.iterations:
-            it.add_row(i["experiment"], str(i["round"]), i.get("model") or "-", _pct(i.get("fast_acc")),
-                       _pct(i.get("slow_acc")), str(i.get("n_train_paths") or "-"), i.get("status") or "-")
+            it.add_row(esc(str(i["experiment"])), str(i["round"]), esc(str(i.get("model") or "-")),
+                       _pct(i.get("fast_acc")), _pct(i.get("slow_acc")), str(i.get("n_train_paths") or "-"),
+                       esc(str(i.get("status") or "-")))
         console.print(it)
 
     if with_paper:
@@ -545,6 +580,40 @@ def render(report: Report, console, *, with_paper: bool = True, with_curves: boo
         for lab, _, _, vals in paper.TABLE:
             pt.add_row(lab, *[f"{v:.2f}" for v in vals])
         console.print(pt)
+
+
+def write_atomic(path: str | Path, data: str | bytes, what: str = "--out") -> Path:
+    """Write ``data`` to ``path`` atomically (a temporary file in the same folder, renamed
+    into place), creating the folder; an old file there is kept until the new one is
+    complete. Any failure is one ``SbtError`` naming ``path`` (never the temporary file)."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(name)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise SbtError(f"{what} {path}: cannot write it ({exc.strerror or exc})") from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+def render_text(report: Report, width: int = 140, **kwargs) -> str:
+    """``render`` as plain text (the table format of ``--out x.txt``)."""
+    from rich.console import Console
+
+    buf = io.StringIO()
+    render(report, Console(file=buf, width=width, color_system=None, highlight=False), **kwargs)
+    return buf.getvalue()
 
 
 def export(report: Report, fmt: str, with_paper: bool = True) -> str:
@@ -561,5 +630,6 @@ def format_from_suffix(path: str | Path) -> str | None:
     return SUFFIX_FORMATS.get(Path(path).suffix.lower())
 
 
-__all__ = ["wilson", "leaderboard", "scaling_curves", "build_report", "render", "export", "save_plots",
-           "terminal_plots", "to_csv", "to_json", "to_markdown", "Report", "LeaderRow", "Curve", "format_params"]
+__all__ = ["wilson", "leaderboard", "scaling_curves", "build_report", "render", "render_text", "export", "save_plots",
+           "terminal_plots", "to_csv", "to_json", "to_markdown", "Report", "LeaderRow", "Curve", "format_params",
+           "json_safe", "strict_json", "write_atomic"]

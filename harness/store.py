@@ -14,6 +14,12 @@ Tables (documented in ``docs/bench.md``):
 Concurrency: WAL journal, a busy timeout, every write in a ``BEGIN IMMEDIATE``
 transaction that is retried while the database is locked. Two benches (two processes)
 can write one file at once.
+
+Readers (``sbt bench report``, ``sbt bench runs``, the TUI's replay list) open the file
+read-only (``open_store_readonly`` / ``read_only``): no migration, no journal switch, no
+file created beside it, so a database in a read-only folder can be reported and a file
+that is not an sbt database (empty, not SQLite, another program's) is refused untouched.
+Writers (``sbt bench``, ``sbt iterate``) open it read-write and migrate it (``open_store``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import random
 import sqlite3
 import time
+import urllib.parse
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -183,17 +190,23 @@ KNOWN_MIGRATIONS = {name for name, _ in MIGRATIONS}
 class Store:
     """A results database. Use ``open_store``; every write goes through ``transact``."""
 
-    def __init__(self, db: Database, path: Path | None) -> None:
+    def __init__(self, db: Database, path: Path | None, readonly: bool = False) -> None:
         self.db = db
         self.path = path
+        self.readonly = readonly  # opened by open_store_readonly: reads only
+        self.immutable = False  # read as an immutable file (see connect_readonly)
 
     # -- plumbing
+
+    def wal_appeared(self) -> bool:
+        """Read as immutable, and a writer has opened the database since (its ``-wal`` exists)."""
+        return bool(self.immutable and self.path is not None and _wal_file(self.path).exists())
 
     def close(self) -> None:
         """Close; folds the WAL back into the main file when no one else is using it
         (so that a committed ``results.db`` is complete without its ``-wal`` file)."""
         try:
-            if self.path is not None and not self.db.conn.in_transaction:
+            if self.path is not None and not self.readonly and not self.db.conn.in_transaction:
                 self.db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error:
             pass
@@ -362,10 +375,12 @@ class Store:
 # --------------------------------------------------------------------------- opening
 
 
-def _check_not_foreign(db: Database, label: str) -> None:
+def _check_not_foreign(db: Database, label: str, empty_ok: bool = True) -> None:
     tables = set(db.table_names())  # raises DatabaseError on a file that is not SQLite
     if not tables:
-        return
+        if empty_ok:
+            return
+        raise StoreError(f"{label} is not an sbt results database (it has no tables); choose another --db")
     if "_migrations" not in tables:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise StoreError(f"{label} is not an sbt results database (it has tables {shown} "
@@ -378,6 +393,9 @@ def _check_not_foreign(db: Database, label: str) -> None:
     if unknown:
         raise StoreError(f"{label} was written by a newer sbt or another program "
                          f"(unknown migrations: {', '.join(sorted(unknown))}); upgrade sbt or choose another --db")
+    if not empty_ok and KNOWN_MIGRATIONS - applied:  # read-only: it cannot be brought up to date here
+        raise StoreError(f"{label} was written by an older sbt (missing migrations: "
+                         f"{', '.join(sorted(KNOWN_MIGRATIONS - applied))}); run `sbt bench` on it once to upgrade")
 
 
 def migrate(store: Store) -> list[str]:
@@ -446,6 +464,102 @@ def open_store(path: str | Path | None = None, *, create: bool = True) -> Store:
             raise StoreError(f"{label}: still locked by another process after {LOCK_RETRY_S:.0f} s") from None
         raise StoreError(f"{label} is not a usable sbt results database ({exc})") from None
     return store
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _sqlite_header(path: Path, label: str) -> bytes:
+    """The first 100 bytes of an existing database file, or ``StoreError`` (one line) when
+    it is missing, a folder, empty or not an SQLite file. Reads only."""
+    if path.is_dir():
+        raise StoreError(f"--db {path}: is a directory, not a database file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(100)
+    except FileNotFoundError:
+        raise StoreError(f"no results database at {path} (run `sbt bench` first, or pass --db)") from None
+    except OSError as exc:
+        raise StoreError(f"{label}: cannot read ({exc.strerror or exc})") from None
+    if not head:
+        raise StoreError(f"{label} is not an sbt results database (it is an empty file); choose another --db")
+    if not head.startswith(SQLITE_MAGIC):
+        raise StoreError(f"{label} is not a usable sbt results database (not an SQLite file); choose another --db")
+    return head
+
+
+def connect_readonly(path: str | Path, label: str | None = None,
+                     allow_immutable: bool = True) -> tuple[sqlite3.Connection, bool]:
+    """A read-only connection to the existing database file ``path``, and whether it reads
+    the file as ``immutable``. Nothing is written beside it or into it, so a database in a
+    read-only folder (or owned by someone else) can be read.
+
+    SQLite's ``mode=ro`` still creates ``-wal`` and ``-shm`` files beside a WAL database
+    that no writer has open. So a WAL database without a ``-wal`` file (no writer: all its
+    contents are in the main file) is read as ``immutable`` (unless not ``allow_immutable``);
+    a caller that reads for long should check ``Store.wal_appeared`` afterwards and read
+    again if a writer came meanwhile (``read_only`` does). A database with a writer open is
+    read through the writer's WAL, so rows being written are seen.
+    """
+    path = Path(path)
+    label = label or str(path)
+    head = _sqlite_header(path, label)
+    wal_mode = head[18:20] == b"\x02\x02"
+    immutable = allow_immutable and wal_mode and not _wal_file(path).exists()
+    uri = "file:" + urllib.parse.quote(str(path.absolute())) + "?mode=ro" + ("&immutable=1" if immutable else "")
+    try:
+        return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S), immutable
+    except sqlite3.Error as exc:
+        raise StoreError(f"{label}: cannot open read-only ({exc})") from None
+
+
+def _wal_file(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def open_store_readonly(path: str | Path | None = None, *, allow_immutable: bool = True) -> Store:
+    """Open an existing results database for reading only (reports): no migrations, no
+    WAL switch, no file created or changed (see ``connect_readonly``). A file that is not
+    an sbt results database (empty, not SQLite, another program's tables, another sbt's
+    schema) raises ``StoreError`` with one clear line and is left as it was."""
+    path = Path(path) if path is not None else default_db_path()
+    label = str(path)
+    conn, immutable = connect_readonly(path, label, allow_immutable)
+    try:
+        db = Database(conn, execute_plugins=False)
+        _check_not_foreign(db, label, empty_ok=False)
+        db.execute("PRAGMA query_only=ON")
+    except StoreError:
+        conn.close()
+        raise
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"{label} is not a usable sbt results database ({exc})") from None
+    store = Store(db, path, readonly=True)
+    store.immutable = immutable
+    return store
+
+
+def read_only(path: str | Path | None, fn: Callable[[Store], T]) -> T:
+    """``fn(store)`` on a read-only view of the database at ``path`` (``open_store_readonly``).
+    If it was read as immutable and a writer opened it meanwhile (a ``-wal`` appeared, so
+    the main file may have changed under the read), ``fn`` runs again through the WAL."""
+    store = open_store_readonly(path)
+    try:
+        out = fn(store)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"results database {store.path}: {exc}") from None
+    finally:
+        store.close()
+    if not store.wal_appeared():
+        return out
+    store = open_store_readonly(path, allow_immutable=False)
+    try:
+        return fn(store)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"results database {store.path}: {exc}") from None
+    finally:
+        store.close()
 
 
 def _retry(fn: Callable[[], T], timeout: float = LOCK_RETRY_S) -> T:

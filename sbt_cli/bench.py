@@ -50,9 +50,9 @@ def bench(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first LIMIT puzzles"),
     seed: int = typer.Option(0, "--seed", help="run seed (puzzle i is searched with a seed derived from it and i)"),
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
-    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="sampling temperature (default: the model's search_defaults.json, else each method's own, 0.7)"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="sampling temperature (default: the model's search_defaults.json, else each method's own, 0.7; 0: greedy)"),
     param: List[str] = typer.Option([], "--param", "-p", help="KEY=V1,V2: another method parameter to vary, e.g. width=2,4 or nodes=32,64 (repeatable)"),
-    numbers: Optional[int] = typer.Option(None, "--numbers", min=3, max=6, help="input numbers per puzzle (default: from the model name, else 4)"),
+    numbers: Optional[int] = typer.Option(None, "--numbers", min=3, max=6, help="input numbers per puzzle (default: from the model name, else from --puzzles, else 4)"),
     trace: bool = typer.Option(True, "--trace/--no-trace", help="store each puzzle's event trace"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
@@ -67,17 +67,23 @@ def bench(
 
     from harness.report import build_report, render
     from harness.runner import (Bench, BenchInterrupted, RichProgress, NullObserver, infer_numbers, parse_list,
-                                parse_param_options, plan_matrix)
+                                parse_param_options, plan_matrix, puzzles_numbers)
     from harness.store import open_store
 
     method_list = parse_list(methods, str, "--methods")
     if not method_list:
         raise SbtError("--methods is empty")
     from sbt_core.models import search_defaults
+    from sbt_core.search import METHODS, defaults_name
 
+    model_list = parse_list(model, str, "--model")
+    if puzzles is not None and numbers is None and not model_list and any(
+            METHODS[m].needs_model for m in method_list if m in METHODS):
+        numbers = puzzles_numbers(puzzles)  # the default model for the puzzles' size, as `sbt solve`
     specs = plan_matrix(method_list, parse_list(n, int, "--n"), parse_list(b, int, "--b"),
-                        parse_list(model, str, "--model") or [None], temperature, parse_param_options(param),
-                        model_defaults=lambda m: search_defaults(m, numbers or infer_numbers(m)))
+                        model_list or [None], temperature, parse_param_options(param),
+                        model_defaults=lambda m: search_defaults(m, numbers or infer_numbers(m)),
+                        model_defaults_name=lambda m: defaults_name(m, numbers or infer_numbers(m)))
     err = Console(stderr=True, highlight=False)
     progress = RichProgress(err, n_runs=len(specs)) if not quiet else None
     bench = Bench(None, specs, split=None if puzzles else split, puzzles_file=puzzles, data=data,  # type: ignore[arg-type]
@@ -126,11 +132,10 @@ def report_cmd(
 ) -> None:
     """Leaderboard (accuracy with 95% Wilson interval, tokens, seconds and backtracks per puzzle),
     failure categories, test-time scaling curves, and the paper's reference numbers."""
-    from rich.console import Console
-
-    from harness.report import FORMATS, build_report, export, format_from_suffix, render, save_plots
+    from harness.report import (FORMATS, build_report, export, format_from_suffix, render, render_text, save_plots,
+                                write_atomic)
     from harness.runner import parse_list
-    from harness.store import open_store
+    from harness.store import default_db_path, read_only
 
     if fmt is None:
         fmt = (format_from_suffix(out) if out else None) or "table"
@@ -141,26 +146,22 @@ def report_cmd(
     for p in plot:
         if p.suffix.lower() not in (".png", ".svg", ".pdf"):
             raise SbtError(f"--plot {p}: use a .png or .svg file name")
-    store = open_store(db, create=False)
-    try:
-        report = build_report(store, all_weights=all_weights, split=split, model=model,
-                              methods=parse_list(methods, str, "--methods") or None)
-    except sqlite3.DatabaseError as exc:
-        raise SbtError(f"results database {store.path}: {exc}") from None
-    finally:
-        store.close()
+    db = db if db is not None else default_db_path()
+    for target, flag in [(out, "--out"), *((p, "--plot") for p in plot)]:
+        if target is not None and Path(target).resolve() == db.resolve():
+            raise SbtError(f"{flag} {target} is the results database itself; choose another file")
+    method_list = parse_list(methods, str, "--methods") or None
+    report = read_only(db, lambda store: build_report(store, all_weights=all_weights, split=split, model=model,
+                                                      methods=method_list))
     if fmt == "table":
         if out:
-            with open(out, "w") as f:
-                render(report, Console(file=f, width=140, color_system=None, highlight=False),
-                       with_paper=paper_block, with_curves=curves, plot_width=width)
+            write_atomic(out, render_text(report, with_paper=paper_block, with_curves=curves, plot_width=width))
         else:
             render(report, _stdout_console(), with_paper=paper_block, with_curves=curves, plot_width=width)
     else:
         text = export(report, fmt, with_paper=paper_block)
         if out:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text)
+            write_atomic(out, text)
         else:
             sys.stdout.write(text)
     if plot:
@@ -177,26 +178,28 @@ def runs_cmd(
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """List the runs in the results database: identity, progress and status."""
+    from rich.markup import escape
     from rich.table import Table
 
     from harness.report import effective_status
     from harness.runner import format_label
-    from harness.store import decode, open_store
+    from harness.store import decode, read_only
 
-    store = open_store(db, create=False)
-    try:
+    def table(store) -> Table:
         counts = {r["run_id"]: (r["n"], r["k"]) for r in store.query(
             "select run_id, count(*) n, coalesce(sum(solved), 0) k from results group by run_id")}
-        t = Table(title=f"Runs — {store.path}", title_justify="left", header_style="bold")
+        t = Table(title=f"Runs — {escape(str(store.path))}", title_justify="left", header_style="bold")
         for h in ("id", "method", "model", "split", "seed", "done", "solved", "status", "started", "git"):
             t.add_column(h, justify="right" if h in ("id", "seed", "done", "solved") else "left",
                          no_wrap=h in ("method", "done", "started"))
         for r in store.runs():
             n, k = counts.get(r["id"], (0, 0))
             params = decode(r)["params"] or {}
-            t.add_row(str(r["id"]), format_label(r["method"], params), r["model"] or "-", r["split"] or Path(r["puzzles"] or "?").name,
-                      str(r["seed"]), f"{n}/{r['n_puzzles'] or '?'}", str(k), effective_status(r),
-                      (r["started"] or "")[:16].replace("T", " "), (r["git_sha"] or "")[:8])
-        _stdout_console().print(t)
-    finally:
-        store.close()
+            params = params if isinstance(params, dict) else {}
+            cells = [str(r["id"]), format_label(r["method"], params), r["model"] or "-",
+                     r["split"] or Path(r["puzzles"] or "?").name, str(r["seed"]), f"{n}/{r['n_puzzles'] or '?'}",
+                     str(k), effective_status(r), (r["started"] or "")[:16].replace("T", " "), (r["git_sha"] or "")[:8]]
+            t.add_row(*(escape(str(c)) for c in cells))  # stored strings are text, never Rich markup
+        return t
+
+    _stdout_console().print(read_only(db, table))

@@ -20,6 +20,8 @@ def gguf(
                                         help="let llama.cpp store tensors whose rows do not fit the quant "
                                              "block in a compatible type instead of refusing"),
     threads: int = typer.Option(1, "--threads", help="quantizer threads"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the output file if it exists "
+                                   "(else an existing GGUF is refused, left as it is)"),
 ) -> None:
     """Write a GGUF (llama architecture, our token ids, no llama.cpp vocabulary) for `--backend llama`.
 
@@ -27,10 +29,13 @@ def gguf(
     from sbt_core.gguf_export import QUANTS, export_gguf
     from sbt_core.models import resolve_model
 
+    from sbt_core.limits import MAX_THREADS, check_range
+
     if quant not in QUANTS:
         raise SbtError(f"unknown quant {quant!r}; choose one of: {', '.join(QUANTS)}")
+    check_range(threads, "--threads", 1, MAX_THREADS, integer=True)
     path = resolve_model(model)
-    written = export_gguf(path, quant, out, allow_fallback=allow_fallback, threads=threads)
+    written = export_gguf(path, quant, out, allow_fallback=allow_fallback, threads=threads, overwrite=overwrite)
     size = written.stat().st_size
     typer.echo(f"wrote {written} ({quant}, {size / 1e6:.2f} MB)")
 

@@ -22,6 +22,15 @@ MAX_NUMBERS = 6
 MAX_VALUE = 10**6
 MAX_PUZZLE_TEXT = 200
 OPS = ("+", "-", "*", "/")
+SHOWN_TOKEN = 20  # characters of a user's token quoted in an error (longer: cut, with "…")
+SHOWN_STEP = 40  # characters of a step line quoted in a verdict
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` characters, else its start and "…" (``limit``
+    characters in all), so that a reader sees it was cut."""
+    text = str(text)
+    return text if len(text) <= limit else text[:max(0, limit - 1)] + "…"
 
 
 @dataclass(frozen=True, order=True)
@@ -115,9 +124,9 @@ def _read_ints(part: str, what: str) -> list[int]:
     values = []
     for tok in tokens:
         if not _INT.fullmatch(tok):
-            raise PuzzleError(f"{tok[:20]!r} is not a whole number (in the {what})")
+            raise PuzzleError(f"{shorten(tok, SHOWN_TOKEN)!r} is not a whole number (in the {what})")
         if len(tok.lstrip("+-").lstrip("0")) > 7:  # leading zeros are harmless: 0000005 is 5
-            raise PuzzleError(f"numbers must be at most {MAX_VALUE:,}, got {tok[:20]}")
+            raise PuzzleError(f"numbers must be at most {MAX_VALUE:,}, got {shorten(tok, SHOWN_TOKEN)}")
         values.append(int(tok))
     return values
 
@@ -259,7 +268,7 @@ def verify(puzzle: Puzzle, steps: Iterable[Step | str | None]) -> Verdict:
         count += 1
         step = parse_step(raw) if isinstance(raw, str) else raw
         if step is None:
-            return Verdict(False, Failure.INVALID_FORMAT, i, f"{str(raw)[:40]!r} is not 'a op b = c'")
+            return Verdict(False, Failure.INVALID_FORMAT, i, f"{shorten(raw, SHOWN_STEP)!r} is not 'a op b = c'")
         need = Counter((step.a, step.b))
         missing = [x for x in need if remaining[x] < need[x]]
         if missing:

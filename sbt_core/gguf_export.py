@@ -29,6 +29,7 @@ safetensors files with numpy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .countdown import shorten
 from .errors import SbtError
 
 QUANTS = ("f32", "f16", "q8_0", "q4_0", "q4_k_m")
@@ -57,12 +59,19 @@ def default_out(model_dir: Path, quant: str) -> Path:
 
 # -- reading the checkpoint -------------------------------------------------------------------
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of one safetensors file as float32 numpy arrays (bf16 included; no torch)."""
-    with open(path, "rb") as fh:
-        raw = fh.read()
+    """All tensors of one safetensors file as float32 numpy arrays (bf16 included; no torch).
+    A file that is not valid safetensors (random, truncated, offsets outside it) is one
+    ``SbtError`` naming it."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise SbtError(f"cannot read weights {path}: {exc.strerror or exc}") from None
     try:
         (n,) = struct.unpack("<Q", raw[:8])
         header = json.loads(raw[8:8 + n])
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
     except (struct.error, ValueError) as exc:
         raise SbtError(f"cannot read weights {path}: not a safetensors file ({exc})") from None
     base = 8 + n
@@ -70,25 +79,46 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise SbtError(f"cannot export {path.name}: tensor {name} has dtype {info['dtype']}")
-        a, b = info["data_offsets"]
-        arr = np.frombuffer(raw, dtype=dtype, count=(b - a) // np.dtype(dtype).itemsize, offset=base + a)
-        if info["dtype"] == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        out[name] = arr.astype(np.float32).reshape(info["shape"])
+        try:
+            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise SbtError(f"cannot export {path.name}: tensor {name} has dtype {info['dtype']}")
+            a, b = info["data_offsets"]
+            if not 0 <= a <= b or base + b > len(raw):
+                raise ValueError(f"tensor {name} lies outside the file (truncated?)")
+            arr = np.frombuffer(raw, dtype=dtype, count=(b - a) // np.dtype(dtype).itemsize, offset=base + a)
+            if info["dtype"] == "BF16":
+                arr = (arr.astype(np.uint32) << 16).view(np.float32)
+            out[name] = arr.astype(np.float32).reshape(info["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SbtError(f"cannot read weights {path}: not a valid safetensors file ({type(exc).__name__}: "
+                           f"{shorten(str(exc), 120)})") from None
     return out
 
 
+def check_architecture(config: dict) -> None:
+    """Only Llama-architecture models without biases export (one line otherwise)."""
+    archs = config.get("architectures") or ["LlamaForCausalLM"]
+    arch = archs[0] if isinstance(archs, list) and archs else archs
+    if config.get("model_type") != "llama" and arch != "LlamaForCausalLM":
+        raise SbtError(f"cannot export a {arch} model: only Llama-architecture models are supported")
+    for key in ("attention_bias", "mlp_bias"):
+        if config.get(key):
+            raise SbtError(f"cannot export: {key} is not supported")
+
+
 def read_checkpoint(model_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    from .models import check_model_dir, weight_files
+    """config.json and the tensors of a Llama model directory. The config's values and the
+    weight files' headers are checked against each other before any tensor is read."""
+    from .models import check_llama_weights, check_model_dir, read_config, safetensors_files
 
     check_model_dir(model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
-    files = [f for f in weight_files(model_dir) if f.suffix == ".safetensors"]
+    config = read_config(model_dir)
+    files = safetensors_files(model_dir)
     if not files:
         raise SbtError(f"cannot export {model_dir}: only *.safetensors weights are supported")
+    check_architecture(config)
+    check_llama_weights(model_dir, config)
     tensors: dict[str, np.ndarray] = {}
     for f in files:
         tensors.update(read_safetensors(f))
@@ -116,12 +146,7 @@ LAYER_NAMES = {
 
 def gguf_tensors(config: dict, hf: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The GGUF tensors (llama.cpp names and layout, float32) of an HF Llama checkpoint."""
-    arch = (config.get("architectures") or ["LlamaForCausalLM"])[0]
-    if config.get("model_type") != "llama" and arch != "LlamaForCausalLM":
-        raise SbtError(f"cannot export a {arch} model: only Llama-architecture models are supported")
-    for key in ("attention_bias", "mlp_bias"):
-        if config.get(key):
-            raise SbtError(f"cannot export: {key} is not supported")
+    check_architecture(config)
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads") or n_head
     out = {"token_embd.weight": hf["model.embed_tokens.weight"], "output_norm.weight": hf["model.norm.weight"]}
@@ -223,40 +248,82 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 1) -> None:
 
 
 def export_gguf(model_dir: str | os.PathLike, quant: str = "q8_0", out: str | os.PathLike | None = None,
-                allow_fallback: bool = False, threads: int = 1) -> Path:
+                allow_fallback: bool = False, threads: int = 1, overwrite: bool = False) -> Path:
     """Export ``model_dir`` to a GGUF of type ``quant``; returns the file written.
 
     The default ``out`` is ``model_dir/model-QUANT.gguf``, beside the tokenizer that the
-    llama backend uses to encode and decode.
+    llama backend uses to encode and decode. An existing ``out`` is refused (one line)
+    unless ``overwrite``. The output's lock (``sbt_core.locks.output_lock``) is held while
+    it is written, so two exports never write one file; the GGUF is written to a temporary
+    file beside ``out`` and renamed into place when complete. Every failure to write is one
+    line naming ``out`` (never the temporary file).
     """
+    from .locks import output_lock
     from .models import model_sha256
 
     if quant not in QUANTS:
         raise SbtError(f"unknown quant {quant!r}; choose one of: {', '.join(QUANTS)}")
     model_dir = Path(model_dir)
+    out = Path(out) if out else default_out(model_dir, quant)
+    _check_out(out, overwrite)  # before the weights are read: a refusal costs nothing
     config, hf = read_checkpoint(model_dir)
     tensors = gguf_tensors(config, hf)
     check_quant(quant, tensors, allow_fallback)
-    out = Path(out) if out else default_out(model_dir, quant)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tok = model_dir / "tokenizer.json"
     meta = dict(name=model_dir.name, tokenizer_json=tok.read_text() if tok.is_file() else None,
                 source_sha256=model_sha256(model_dir))
-    tmp = Path(tempfile.mkstemp(suffix=".gguf", prefix=f".{out.stem}-", dir=out.parent)[1])
+    created = not out.parent.exists()
     try:
-        if quant in ("f32", "f16"):
-            write_gguf(config, tensors, tmp, float_type=quant, **meta)
-        else:
-            f32 = Path(str(tmp) + ".f32")
-            try:
-                write_gguf(config, tensors, f32, float_type="f32", quant=quant, **meta)
-                quantize(f32, tmp, quant, threads)
-            finally:
-                f32.unlink(missing_ok=True)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SbtError(f"cannot write --out {out}: cannot create its folder ({exc.strerror or exc})") from None
+        with output_lock(out, is_dir=False, what="--out"):
+            _check_out(out, overwrite)  # again, under the lock: another export may have finished meanwhile
+            _write_atomically(out, lambda tmp: _write_quant(config, tensors, tmp, quant, threads, meta))
+    except SbtError:
+        if created:  # leave no empty folder behind a refused or failed export
+            with contextlib.suppress(OSError):
+                out.parent.rmdir()
+        raise
+    return out
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.is_dir():
+        raise SbtError(f"--out {out} is a directory; give a .gguf file name")
+    if out.exists() and not overwrite:
+        raise SbtError(f"{out} already exists; pass --overwrite to replace it (or --out another file)")
+
+
+def _write_quant(config: dict, tensors: dict[str, np.ndarray], tmp: Path, quant: str, threads: int, meta: dict) -> None:
+    if quant in ("f32", "f16"):
+        write_gguf(config, tensors, tmp, float_type=quant, **meta)
+        return
+    f32 = Path(str(tmp) + ".f32")
+    try:
+        write_gguf(config, tensors, f32, float_type="f32", quant=quant, **meta)
+        quantize(f32, tmp, quant, threads)
+    finally:
+        f32.unlink(missing_ok=True)
+
+
+def _write_atomically(out: Path, write) -> None:
+    """``write(tmp)`` into a temporary file beside ``out``, then rename it to ``out``; an
+    ``OSError`` anywhere is one ``SbtError`` naming ``out``."""
+    tmp = None
+    try:
+        fd, name = tempfile.mkstemp(suffix=".gguf", prefix=f".{out.stem}-", dir=out.parent)
+        os.close(fd)
+        tmp = Path(name)
+        write(tmp)
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, out)
+        tmp = None
+    except OSError as exc:
+        raise SbtError(f"cannot write --out {out}: {exc.strerror or type(exc).__name__}") from None
     finally:
-        tmp.unlink(missing_ok=True)
-    return out
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from pathlib import Path
+from typing import Iterable, Iterator
 
+from .countdown import shorten
 from .errors import SbtError
+from .limits import MAX_MODEL_DIM, MAX_MODEL_LAYERS
 
 MODELS_DIR = Path(os.environ.get("SBT_MODELS_DIR") or Path(__file__).resolve().parent.parent / "models")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -54,18 +59,188 @@ def _candidates(text: str) -> list[Path]:
 
 
 def check_model_dir(path: Path) -> None:
-    """Raise ``SbtError`` unless ``path`` has a readable config, weights and a tokenizer."""
-    config = path / "config.json"
-    if not config.is_file():
-        raise SbtError(f"model directory {path} has no config.json")
-    try:
-        json.loads(config.read_text())
-    except (OSError, ValueError) as exc:
-        raise SbtError(f"model directory {path}: config.json is unreadable ({exc})") from None
+    """Raise ``SbtError`` unless ``path`` has a readable config (with sane values), weights
+    and a tokenizer. (That the weights match the config is ``check_weights``'s job.)"""
+    read_config(path)
     if not weight_files(path):
         raise SbtError(f"model directory {path} has no weights (*.safetensors or pytorch_model.bin)")
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise SbtError(f"model directory {path} has no tokenizer (tokenizer.json)")
+
+
+# --------------------------------------------------------------------------- config.json
+
+# sizes a config.json may give (whole numbers, 1 .. MAX_MODEL_DIM; layers up to MAX_MODEL_LAYERS);
+# None means "the default" only where transformers allows it
+CONFIG_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "intermediate_size", "max_position_embeddings", "head_dim")
+CONFIG_SIZES_OPTIONAL = ("num_key_value_heads", "head_dim")
+CONFIG_POSITIVE = ("rms_norm_eps", "rope_theta", "layer_norm_eps", "layer_norm_epsilon")  # finite, > 0
+LLAMA_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+def read_config(path: Path) -> dict:
+    """The model directory's config.json as a dict, its values checked (``check_config``);
+    ``SbtError`` (one line) when it is missing, unreadable, not an object or absurd."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise SbtError(f"model directory {path} has no config.json")
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise SbtError(f"model directory {path}: config.json is unreadable ({shorten(str(exc), 120)})") from None
+    if not isinstance(config, dict):
+        raise SbtError(f"model directory {path}: config.json is not a JSON object")
+    check_config(config, file)
+    return config
+
+
+def check_config(config: dict, where: Path | str) -> None:
+    """Refuse (one line naming the key) sizes that are not whole numbers in range, and
+    epsilons / rope bases that are not finite positive numbers, before anything is built."""
+    def bad(key: str, want: str) -> SbtError:
+        return SbtError(f"{where}: {key} must be {want}, got {shorten(repr(config[key]), 24)}")
+
+    for key in CONFIG_SIZES:
+        if key not in config or (config[key] is None and key in CONFIG_SIZES_OPTIONAL):
+            continue
+        v, top = config[key], MAX_MODEL_LAYERS if key == "num_hidden_layers" else MAX_MODEL_DIM
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+            raise bad(key, f"a whole number from 1 to {top:,}")
+    rope = config.get("rope_parameters")
+    for key, v in [*((k, config.get(k)) for k in CONFIG_POSITIVE),
+                   ("rope_parameters.rope_theta", rope.get("rope_theta") if isinstance(rope, dict) else None)]:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
+            raise SbtError(f"{where}: {key} must be a finite number above 0, got {shorten(repr(v), 24)}")
+    heads, kv = config.get("num_attention_heads"), config.get("num_key_value_heads")
+    if heads and kv and heads % kv:
+        raise bad("num_key_value_heads", f"a divisor of num_attention_heads ({heads})")
+    hidden = config.get("hidden_size")
+    if heads and hidden and not config.get("head_dim") and hidden % heads:
+        raise bad("hidden_size", f"a multiple of num_attention_heads ({heads}) when head_dim is not given")
+    head_dim = config.get("head_dim") or (hidden // heads if heads and hidden else None)
+    if config.get("model_type") == "llama" and head_dim and head_dim % 2:  # rotary positions pair dimensions
+        key = "head_dim" if config.get("head_dim") else "hidden_size"
+        raise bad(key, f"such that each attention head has an even size (now {head_dim})")
+
+
+def llama_shapes(config: dict, where: Path | str) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """The tensors (HF names, shapes) of a Llama with this config, in the model's order,
+    as ``transformers.LlamaForCausalLM`` (and ``compact_llama``) name them. Lazy: a check
+    that stops at the first mismatch never walks a huge layer count."""
+    missing = [k for k in LLAMA_REQUIRED if not config.get(k)]
+    if missing:
+        raise SbtError(f"{where}: config.json has no {missing[0]}")
+    c = config
+    hidden, heads, inter, vocab = c["hidden_size"], c["num_attention_heads"], c["intermediate_size"], c["vocab_size"]
+    kv = c.get("num_key_value_heads") or heads
+    head_dim = c.get("head_dim") or hidden // heads
+    attn_bias, mlp_bias = bool(c.get("attention_bias")), bool(c.get("mlp_bias"))
+    yield "model.embed_tokens.weight", (vocab, hidden)
+    for i in range(c["num_hidden_layers"]):
+        pre = f"model.layers.{i}."
+        for proj, rows in (("q", heads), ("k", kv), ("v", kv)):
+            yield pre + f"self_attn.{proj}_proj.weight", (rows * head_dim, hidden)
+            if attn_bias:
+                yield pre + f"self_attn.{proj}_proj.bias", (rows * head_dim,)
+        yield pre + "self_attn.o_proj.weight", (hidden, heads * head_dim)
+        if attn_bias:
+            yield pre + "self_attn.o_proj.bias", (hidden,)
+        for proj, shape in (("gate", (inter, hidden)), ("up", (inter, hidden)), ("down", (hidden, inter))):
+            yield pre + f"mlp.{proj}_proj.weight", shape
+            if mlp_bias:
+                yield pre + f"mlp.{proj}_proj.bias", shape[:1]
+        yield pre + "input_layernorm.weight", (hidden,)
+        yield pre + "post_attention_layernorm.weight", (hidden,)
+    yield "model.norm.weight", (hidden,)
+    yield "lm_head.weight", (vocab, hidden)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    """The safetensors files a model loads: those of ``model.safetensors.index.json``, else
+    ``model.safetensors``, else every ``*.safetensors`` in the folder."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SbtError(f"cannot read {index}: not a safetensors index ({shorten(str(exc), 80)})") from None
+        if not all(isinstance(n, str) and "/" not in n and "\\" not in n for n in names):
+            raise SbtError(f"cannot read {index}: its weight_map names files outside the model directory")
+        return [path / n for n in names]
+    single = path / "model.safetensors"
+    return [single] if single.is_file() else sorted(path.glob("*.safetensors"))
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], Path]]:
+    """Every tensor's shape and file, from the safetensors headers only (no tensor data
+    is read). ``SbtError`` naming the file when one is missing, truncated or not safetensors."""
+    from safetensors import safe_open
+
+    out: dict[str, tuple[tuple[int, ...], Path]] = {}
+    for f in safetensors_files(path):
+        try:
+            with safe_open(str(f), framework="numpy") as fh:
+                for name in fh.keys():
+                    out[name] = (tuple(fh.get_slice(name).get_shape()), f)
+        except Exception as exc:  # SafetensorError (corrupt, truncated), OSError (missing, unreadable)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SbtError(f"cannot load model weights {f}: not a valid safetensors file "
+                           f"({shorten(reason, 120)})") from None
+    return out
+
+
+def _shape(shape: Iterable[int]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
+
+
+def check_weights(path: Path, expected: Iterable[tuple[str, tuple[int, ...]]], *, layers: int | None = None,
+                  optional: Iterable[str] = (), extra_ok: bool = False) -> dict[str, tuple[tuple[int, ...], Path]]:
+    """Check the tensors that config.json implies (``expected``: names and shapes, in
+    order) against the weight files' headers before any model is built; the first
+    difference is one line naming the tensor and both shapes. ``layers``: the config's
+    layer count, compared first with the layers the files hold. Tensors in ``optional``
+    may be absent (a tied output head); unexpected tensors are refused unless ``extra_ok``.
+    Returns the shapes found."""
+    found = weight_shapes(path)
+    if not found:
+        return found
+    head = f"model {path}: config.json does not match the weights"
+    if layers is not None:
+        held = {int(m.group(1)) for n in found for m in [_LAYER.search(n)] if m}
+        if held and layers != max(held) + 1:
+            raise SbtError(f"{head}: num_hidden_layers is {layers:,} in config.json, the weights hold {max(held) + 1}")
+    optional, seen = set(optional), set()
+    for name, shape in expected:
+        seen.add(name)
+        got = found.get(name)
+        if got is None:
+            if name in optional:
+                continue
+            raise SbtError(f"{head}: config.json needs {name} {_shape(shape)}, which no weight file has")
+        if tuple(got[0]) != tuple(shape):
+            raise SbtError(f"{head}: {name} is {_shape(got[0])} in {got[1].name}, config.json makes it {_shape(shape)}")
+    extra = [n for n in found if n not in seen]
+    if extra and not extra_ok:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise SbtError(f"{head}: {found[extra[0]][1].name} holds {extra[0]} {_shape(found[extra[0]][0])}, "
+                       f"which config.json does not describe{more}")
+    return found
+
+
+def check_llama_weights(path: Path, config: dict | None = None) -> dict[str, tuple[tuple[int, ...], Path]]:
+    """``check_weights`` for a Llama directory (compact backend, GGUF export)."""
+    config = read_config(path) if config is None else config
+    tied = config.get("tie_word_embeddings", False)
+    return check_weights(path, llama_shapes(config, Path(path) / "config.json"), layers=config.get("num_hidden_layers"),
+                         optional={"lm_head.weight"} if tied else ())
 
 
 def weight_files(path: Path) -> list[Path]:

@@ -130,3 +130,24 @@ def test_arbitrary_text_is_puzzle_or_puzzle_error(text):
     else:
         assert 2 <= len(p.numbers) <= 6
         assert all(0 <= x <= MAX_VALUE for x in (*p.numbers, p.target))
+
+
+@pytest.mark.parametrize("text,shown", [
+    ("2 3 " + "9" * 30 + " -> 30", "got " + "9" * 19 + "…"),
+    ("2 3 5 -> " + "12345678901234567890123", "got " + "1234567890123456789…"),
+    ("2 3 " + "x" * 30 + " -> 30", repr("x" * 19 + "…") + " is not a whole number"),
+    ("2 3 " + "99999999999999999999" + " -> 30", "got 99999999999999999999 "),  # 20 characters: whole
+])
+def test_cut_input_ends_with_an_ellipsis(text, shown):
+    with pytest.raises(PuzzleError) as info:
+        parse_puzzle(text + " ")
+    assert shown in str(info.value) + " "
+
+
+def test_cut_step_text_ends_with_an_ellipsis():
+    from sbt_core.countdown import verify
+
+    long = "2 + 3 = 5 and then a long tail of words " * 3
+    detail = verify(Puzzle((2, 3), 5), [long]).detail
+    assert repr(long[:39] + "…") in detail
+    assert repr("2 x 3") in verify(Puzzle((2, 3), 5), ["2 x 3"]).detail  # short text: not cut

@@ -115,7 +115,7 @@ class Trace:
     method: str
     params: dict
     events: list[Event]
-    label: str = ""
+    label: str = ""  # where it came from, for display: Rich markup (a file name in it is escaped)
 
 
 def trace_from_json(obj, label: str = "") -> Trace:
@@ -150,7 +150,9 @@ def load_trace_file(path: str | os.PathLike) -> Trace:
         obj = json.loads(p.read_text())
     except (OSError, ValueError) as exc:
         raise SbtError(f"{p}: not JSON ({exc})") from None
-    return trace_from_json(obj, label=p.name)
+    from rich.markup import escape
+
+    return trace_from_json(obj, label=escape(p.name))
 
 
 def default_db() -> Path:
@@ -159,19 +161,30 @@ def default_db() -> Path:
 
 
 def _connect(db: Path) -> sqlite3.Connection:
+    """A read-only connection that creates and changes nothing (``harness.store.connect_readonly``)."""
+    from harness.store import connect_readonly
+
     if not db.is_file():
         raise SbtError(f"no results database at {db} (run `sbt bench` first)")
+    conn, _ = connect_readonly(db)
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         conn.row_factory = sqlite3.Row
         conn.execute("select 1 from results limit 1")
         return conn
     except sqlite3.Error as exc:
+        conn.close()
         raise SbtError(f"{db}: not a results database ({exc})") from None
 
 
+# stored text shown in the replay list (a DataTable reads str cells as Rich markup)
+DISPLAY_TEXT = ("run_method", "run_model", "run_split", "failure")
+
+
 def stored_results(db: Path | None = None, failed_only: bool = False, limit: int = 2000) -> list[dict]:
-    """Stored per-puzzle results that have a trace, newest run first (no trace bodies)."""
+    """Stored per-puzzle results that have a trace, newest run first (no trace bodies).
+
+    The text fields in ``DISPLAY_TEXT`` are escaped for Rich markup, ready to display: a
+    hand-edited ``[/]`` in a method name is shown as is, never read as markup."""
     db = Path(db or default_db())
     conn = _connect(db)
     try:
@@ -193,11 +206,16 @@ def stored_results(db: Path | None = None, failed_only: bool = False, limit: int
         raise SbtError(f"{db}: cannot read stored results ({exc})") from None
     finally:
         conn.close()
+    from rich.markup import escape
+
     for r in rows:
         try:
             r["puzzle"] = Puzzle(tuple(json.loads(r["numbers"])), r["target"])
         except (TypeError, ValueError):
             r["puzzle"] = None
+        for k in DISPLAY_TEXT:
+            if r.get(k) is not None:
+                r[k] = escape(str(r[k]))
     return [r for r in rows if r["puzzle"] is not None]
 
 

@@ -32,6 +32,8 @@ def unsupported_reason(folder: Path) -> str | None:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return "no readable config.json"
+    if not isinstance(config, dict):
+        return "config.json is not a JSON object"
     if config.get("model_type") != "llama":
         return f"model_type {config.get('model_type')!r} is not llama"
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
@@ -45,12 +47,12 @@ def unsupported_reason(folder: Path) -> str | None:
 
 
 def _weight_files(folder: Path) -> list[Path]:
+    """The index's files, else ``model.safetensors``, else none (not every ``*.safetensors``:
+    transformers would not load those either)."""
+    from ..models import safetensors_files
+
     index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [folder / n for n in names]
-    single = folder / "model.safetensors"
-    return [single] if single.is_file() else []
+    return safetensors_files(folder) if index.is_file() or (folder / "model.safetensors").is_file() else []
 
 
 class KVCache:
@@ -210,8 +212,12 @@ class CompactLlama(nn.Module):
     def from_dir(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> "CompactLlama":
         from safetensors.torch import load_file
 
+        from ..models import check_llama_weights, read_config
+
         folder = Path(folder)
-        model = cls(json.loads((folder / "config.json").read_text()))  # (not on "meta": that imports dynamo)
+        config = read_config(folder)
+        check_llama_weights(folder, config)  # from the headers, before anything is allocated
+        model = cls(config)  # (not on "meta": that imports dynamo)
         state: dict[str, torch.Tensor] = {}
         for f in _weight_files(folder):
             state.update(load_file(str(f)))

@@ -39,7 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..countdown import shorten
 from ..errors import SbtError
+from ..limits import LLAMA_MAX_CONTEXT
 from ..trace import BACKTRACK, GOAL
 from .base import Completion, finish_reason, inference_threads
 from .light_tokenizer import special_ids
@@ -91,8 +93,8 @@ def import_llama_cpp(needed_for: str = "the llama backend"):
 def _last_error() -> str:
     for line in reversed(_log_lines):
         if "error" in line.lower() or "failed" in line.lower():
-            return line[:200]
-    return _log_lines[-1][:200] if _log_lines else "no details"
+            return shorten(line, 200)
+    return shorten(_log_lines[-1], 200) if _log_lines else "no details"
 
 
 # -- finding the GGUF and its tokenizer ----------------------------------------------------
@@ -164,6 +166,10 @@ class LlamaBackend:
         self.quant = self._meta("sbt.quant") or self.quant  # what the export wrote, if it was ours
         self.vocab_size = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
         self.n_ctx_train = ll.llama_model_n_ctx_train(model)
+        # the context of one sequence: the model's, at most LLAMA_MAX_CONTEXT (a GGUF that
+        # claims a huge context must not allocate a KV cache for it: a search needs a prompt
+        # and at most SEARCH_MAXIMUM["max_new_tokens"] new tokens)
+        self.n_ctx = max(1, min(self.n_ctx_train, LLAMA_MAX_CONTEXT))
         self._load_tokenizer(folder)
         # context: prompt slots + sample sequences, each bounded by the model's context length
         try:
@@ -174,7 +180,7 @@ class LlamaBackend:
         if self.S + self.P > 256:
             raise SbtError("SBT_LLAMA_SEQS + SBT_LLAMA_SLOTS must be at most 256")
         cparams = ll.llama_context_default_params()
-        cparams.n_ctx = (self.S + self.P) * self.n_ctx_train
+        cparams.n_ctx = (self.S + self.P) * self.n_ctx
         cparams.n_batch = cparams.n_ubatch = max(512, self.S)
         cparams.n_seq_max = self.S + self.P
         fields = {f[0] for f in type(cparams)._fields_}
@@ -345,8 +351,8 @@ class LlamaBackend:
         """
         assert len(prompts) <= self.P
         for ids in prompts:
-            if len(ids) > self.n_ctx_train:
-                raise SbtError(f"input of {len(ids)} tokens is longer than the model's context ({self.n_ctx_train})")
+            if len(ids) > self.n_ctx:
+                raise SbtError(f"input of {len(ids)} tokens is longer than the model's context ({self.n_ctx})")
         self._clock += 1
         pinned: dict[int, int] = {}  # slots placed in this call -> tokens whose cells exist now
         plan = []  # (slot, keep)
@@ -403,7 +409,7 @@ class LlamaBackend:
         if not prompts or n <= 0:
             return [[] for _ in prompts]
         ids = [self._prompt_ids(p) for p in prompts]
-        max_new = max(0, min(max_new_tokens, self.n_ctx_train - max(len(i) for i in ids)))
+        max_new = max(0, min(max_new_tokens, self.n_ctx - max(len(i) for i in ids)))
         greedy = temperature <= 0
         per_prompt = 1 if greedy else n  # greedy: every sample is the same
         rng = np.random.default_rng(int(seed) & 0xFFFFFFFFFFFFFFFF)
@@ -526,7 +532,7 @@ class LlamaBackend:
         when ``width`` beams have finished (early stopping) or at the length limit."""
         width = max(1, min(int(width), self.S // 2))
         head = self._prompt_ids(prompt)
-        max_new = max(0, min(max_new_tokens, self.n_ctx_train - len(head)))
+        max_new = max(0, min(max_new_tokens, self.n_ctx - len(head)))
         (slot,), (plog,) = self._place([head], [len(head) - 1])
         ends = {self.eos_id, *self.marker_ids} - {None}
         pool = [self.P + j for j in range(2 * width)]

@@ -27,6 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import torch  # noqa: E402
 
+from ..countdown import shorten  # noqa: E402
 from ..errors import SbtError  # noqa: E402
 from ..trace import BACKTRACK, GOAL  # noqa: E402
 from .base import Completion, finish_reason, inference_threads  # noqa: E402
@@ -116,7 +117,35 @@ def load_hf_model(path: Path, dtype: torch.dtype):
     quiet_transformers()
     from transformers import AutoModelForCausalLM
 
+    check_hf_weights(path)
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+
+
+def check_hf_weights(path: Path) -> None:
+    """Before transformers builds (and allocates) the model: config.json's values are sane
+    and the tensors of the model it describes, built on the ``meta`` device (no memory),
+    match the weight files' headers; else one line naming the first tensor that differs.
+    (Extra tensors in the files are left to transformers, which ignores them.)"""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..models import check_weights, read_config, weight_shapes
+
+    config = read_config(path)
+    found = weight_shapes(path)  # a corrupt file: one line naming it
+    if not found:  # no safetensors (a .bin checkpoint): transformers checks it itself
+        return
+    layers = config.get("num_hidden_layers")
+    check_weights(path, [], layers=layers if isinstance(layers, int) else None, extra_ok=True)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    first: dict[int, str] = {}
+    aliases = set()  # a tied output head: the same parameter under a second name
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases.add(name)
+        first.setdefault(id(p), name)
+    check_weights(path, [(n, tuple(t.shape)) for n, t in model.state_dict().items()], optional=aliases,
+                  extra_ok=True)
 
 
 def _pick_device(device: str | None) -> torch.device:
@@ -143,7 +172,7 @@ class TorchBackend:
             raise
         except Exception as exc:  # corrupt or incompatible checkpoint: one clear line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise SbtError(f"cannot load model from {self.path}: {type(exc).__name__}: {first[:200]}") from None
+            raise SbtError(f"cannot load model from {self.path}: {type(exc).__name__}: {shorten(first, 200)}") from None
         self._setup(model, tokenizer, self.path.name, _pick_device(device))
 
     @classmethod
