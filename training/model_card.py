@@ -10,6 +10,35 @@ import json
 from pathlib import Path
 
 
+# a puzzle per size for the card's transformers snippet (a prompt in the protocol's format)
+SNIPPET_PUZZLES = {3: "[2, 3, 5]->target 30", 4: "[19, 90, 41, 32]->target 80", 5: "[2, 7, 9, 25, 50]->target 61",
+                   6: "[1, 3, 7, 10, 25, 50]->target 99"}
+SNIPPET_MARK = "<!-- transformers-snippet -->"
+
+
+def transformers_section(model_ref: str, n_numbers: int) -> list[str]:
+    """The card's "With plain transformers" section: five lines that answer a puzzle with
+    ``AutoTokenizer`` + ``generate`` (the tokenizer adds ``<bos>`` itself; tested on the
+    shipped cards by tests/test_tokenizer_bos.py)."""
+    question = SNIPPET_PUZZLES.get(n_numbers, SNIPPET_PUZZLES[4])
+    return [
+        "## With plain transformers",
+        "",
+        "The tokenizer puts `<bos>` in front of the prompt itself, as in training, so the usual five",
+        "lines answer a puzzle (greedy; `sbt solve` adds the search and the strict verifier):",
+        "",
+        SNIPPET_MARK,
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f'tok = AutoTokenizer.from_pretrained("{model_ref}")',
+        f'model = AutoModelForCausalLM.from_pretrained("{model_ref}")',
+        f'inputs = tok("###Question: numbers {question}\\n###Response:\\n", return_tensors="pt")',
+        "print(tok.decode(model.generate(**inputs, max_new_tokens=96, do_sample=False)[0], skip_special_tokens=True))",
+        "```",
+        "",
+    ]
+
+
 def render(model_dir: Path, accuracy: list[dict] | None = None) -> str:
     info = json.loads((model_dir / "training.json").read_text())
     cfg, data = info["config"], info["data"]
@@ -21,6 +50,7 @@ def render(model_dir: Path, accuracy: list[dict] | None = None) -> str:
            else "trained from scratch by `sbt train` ")
         + f"on Countdown ({'optimal paths only (SFT baseline)' if cfg['data'] == 'op' else 'optimal paths + backtracking examples (self-backtracking)'}).",
         "",
+        *transformers_section(str(model_dir), int(_numbers(cfg))),
         "## Reproduce",
         "",
         "```bash",
