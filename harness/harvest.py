@@ -27,13 +27,13 @@ harvest holds the lock of its paths file (``sbt_core.locks``), a second one is r
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from sbt_core.countdown import Puzzle, verify
 from sbt_core.errors import SbtError
+from sbt_core.files import write_atomic, write_json
 from sbt_core.limits import MAX_PUZZLES, MAX_SEED, SEARCH_MAXIMUM, check_range, check_temperature
 from sbt_core.locks import output_lock
 from sbt_core.solver import false_claim_cut
@@ -140,9 +140,7 @@ def _resume_point(out: Path, settings: dict, slice_index: dict[int, int]) -> tup
                 keep.append(line + "\n")
                 paths += bool(row.get("steps"))
                 mistakes += len(row.get("mistakes") or [])
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, out)
+    write_atomic(out, "".join(keep))
     return done, paths, mistakes
 
 
@@ -199,7 +197,5 @@ def _write_meta(out: Path, settings: dict, done: int, kept: int, total: int, mis
                "kept_share": round(kept / done, 4) if done else 0.0}
     if settings.get("mistakes"):
         summary["mistakes"] = mistakes
-    tmp = _meta_path(out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    os.replace(tmp, _meta_path(out))
+    write_json(_meta_path(out), summary, what="harvest record")
     return summary

@@ -14,13 +14,12 @@ import json
 import math
 import os
 import socket
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from sbt_core.countdown import Failure
-from sbt_core.errors import SbtError
+from sbt_core.files import json_safe, strict_json, write_atomic
 
 from . import paper
 from .runner import format_label, format_params
@@ -412,23 +411,6 @@ CSV_FIELDS = ["run_id", "method", "params", "label", "model", "model_sha256", "b
               "seconds_per_puzzle", "backtracks_per_puzzle", "model_calls_per_puzzle", "git_sha", "started"]
 
 
-def json_safe(obj: Any) -> Any:
-    """``obj`` with every non-finite float (inf, -inf, nan: a hand-edited or odd stored
-    value) replaced by None, so that it can be written as strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
-def strict_json(obj: Any, **kwargs) -> str:
-    """Strict JSON (no ``Infinity`` / ``NaN``: they become null) of report data."""
-    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
-
-
 def to_csv(report: Report) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -580,31 +562,6 @@ def render(report: Report, console, *, with_paper: bool = True, with_curves: boo
         for lab, _, _, vals in paper.TABLE:
             pt.add_row(lab, *[f"{v:.2f}" for v in vals])
         console.print(pt)
-
-
-def write_atomic(path: str | Path, data: str | bytes, what: str = "--out") -> Path:
-    """Write ``data`` to ``path`` atomically (a temporary file in the same folder, renamed
-    into place), creating the folder; an old file there is kept until the new one is
-    complete. Any failure is one ``SbtError`` naming ``path`` (never the temporary file)."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(name)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise SbtError(f"{what} {path}: cannot write it ({exc.strerror or exc})") from None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-    return path
 
 
 def render_text(report: Report, width: int = 140, **kwargs) -> str:

@@ -33,13 +33,13 @@ import contextlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .countdown import shorten
 from .errors import SbtError
+from .files import write_atomic
 
 QUANTS = ("f32", "f16", "q8_0", "q4_0", "q4_k_m")
 # llama_ftype values (llama.h) and the row block each quant type needs
@@ -280,7 +280,7 @@ def export_gguf(model_dir: str | os.PathLike, quant: str = "q8_0", out: str | os
             raise SbtError(f"cannot write --out {out}: cannot create its folder ({exc.strerror or exc})") from None
         with output_lock(out, is_dir=False, what="--out"):
             _check_out(out, overwrite)  # again, under the lock: another export may have finished meanwhile
-            _write_atomically(out, lambda tmp: _write_quant(config, tensors, tmp, quant, threads, meta))
+            write_atomic(out, lambda tmp: _write_quant(config, tensors, tmp, quant, threads, meta))
     except SbtError:
         if created:  # leave no empty folder behind a refused or failed export
             with contextlib.suppress(OSError):
@@ -308,22 +308,3 @@ def _write_quant(config: dict, tensors: dict[str, np.ndarray], tmp: Path, quant:
         f32.unlink(missing_ok=True)
 
 
-def _write_atomically(out: Path, write) -> None:
-    """``write(tmp)`` into a temporary file beside ``out``, then rename it to ``out``; an
-    ``OSError`` anywhere is one ``SbtError`` naming ``out``."""
-    tmp = None
-    try:
-        fd, name = tempfile.mkstemp(suffix=".gguf", prefix=f".{out.stem}-", dir=out.parent)
-        os.close(fd)
-        tmp = Path(name)
-        write(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, out)
-        tmp = None
-    except OSError as exc:
-        raise SbtError(f"cannot write --out {out}: {exc.strerror or type(exc).__name__}") from None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)

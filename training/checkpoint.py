@@ -24,14 +24,13 @@ Any damaged file (empty, truncated, random bytes, foreign) is one ``SbtError`` n
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import os
 import warnings
 from pathlib import Path
 
 from sbt_core.errors import SbtError
+from sbt_core.files import write_atomic, write_json
+from sbt_core.models import files_sha256
 
 STATE_JSON = "state.json"
 LEGACY = "state.pt"
@@ -42,46 +41,18 @@ CACHE_FORMAT = "sbt-dataset-cache/1"
 # --------------------------------------------------------------------------- writing
 
 
-def strict(obj):
-    """``obj`` with every non-finite float replaced by None, so it can be written as strict
-    JSON (no ``NaN`` / ``Infinity``); tuples become lists."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict(v) for v in obj]
-    return obj
-
-
 def _write_json(path: Path, obj) -> None:
-    """``obj`` as strict JSON into ``path``, atomically."""
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(strict(obj), indent=1, allow_nan=False) + "\n"))
-
-
-def write_json(path: Path | str, obj) -> None:
-    """Public alias of the atomic strict-JSON writer (training.json, best.json)."""
-    _write_json(Path(path), obj)
+    """``obj`` as strict JSON into ``path``, atomically and on disk."""
+    write_json(path, obj, what="checkpoint file", fsync=True)
 
 
 def _write_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> tuple[int, str]:
     """``tensors`` as safetensors into ``path``, atomically; returns (size, sha256)."""
     from safetensors.torch import save_file
 
-    _atomic(path, lambda tmp: save_file(_unshared(tensors), str(tmp), metadata=metadata))
-    return path.stat().st_size, _sha256(path)
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: save_file(_unshared(tensors), str(tmp), metadata=metadata),
+                 what="checkpoint file", fsync=True)
+    return path.stat().st_size, files_sha256([path])
 
 
 def _unshared(tensors: dict) -> dict:
@@ -96,14 +67,6 @@ def _unshared(tensors: dict) -> dict:
         seen.add(t.untyped_storage().data_ptr())
         out[name] = t
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save(ckpt: Path | str, *, model: dict, optimizer: dict, train_state: dict, config: dict,
@@ -213,7 +176,7 @@ def load(ckpt: Path | str) -> dict:
     path = ckpt / name
     if not path.is_file():
         raise _bad(path, "missing")
-    if path.stat().st_size != info.get("bytes") or _sha256(path) != info.get("sha256"):
+    if path.stat().st_size != info.get("bytes") or files_sha256([path]) != info.get("sha256"):
         raise _bad(path, "empty" if not path.stat().st_size else "its size or checksum differs from state.json")
     tensors = _load_tensors(path)
     model, state, shadow = {}, {}, {}
@@ -269,7 +232,7 @@ def load_dataset(stem: Path) -> tuple[dict, dict] | None:
     meta_file, path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
     try:
         meta = json.loads(meta_file.read_text())
-        if meta.get("format") != CACHE_FORMAT or path.stat().st_size != meta["bytes"] or _sha256(path) != meta["sha256"]:
+        if meta.get("format") != CACHE_FORMAT or path.stat().st_size != meta["bytes"] or files_sha256([path]) != meta["sha256"]:
             return None
         from safetensors.torch import load_file
 

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from sbt_core.errors import SbtError
+from sbt_core.files import write_json
 from sbt_core.generate import read_puzzles
 from sbt_core.locks import output_lock
 
@@ -229,7 +230,7 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None],
         if rep.accuracy > best:  # keep the best-on-val model too (model selection on val only)
             with shipped():
                 save_model(model, tok, out / "best")
-            ckpt_io.write_json(best_file, point)
+            write_json(best_file, point)
 
     for step, epoch, batch in iterate(data, cfg.batch_size, cfg.seed, state.step):
         if step >= total_steps:
@@ -273,7 +274,7 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None],
         "curve": state.curve,
         "final": state.curve[-1] if state.curve else None,
     }
-    ckpt_io.write_json(out / "training.json", report)
+    write_json(out / "training.json", report)
     return report
 
 
