@@ -16,11 +16,8 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from .errors import PuzzleError
-
-MIN_NUMBERS = 2
-MAX_NUMBERS = 6
-MAX_VALUE = 10**6
-MAX_PUZZLE_TEXT = 200
+from .limits import MAX_NUMBER as MAX_VALUE
+from .limits import MAX_NUMBERS, MAX_PUZZLE_TEXT, MIN_NUMBERS
 OPS = ("+", "-", "*", "/")
 SHOWN_TOKEN = 20  # characters of a user's token quoted in an error (longer: cut, with "…")
 SHOWN_STEP = 40  # characters of a step line quoted in a verdict

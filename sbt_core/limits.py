@@ -11,9 +11,10 @@ import math
 
 from .errors import SbtError
 
-# puzzles (sbt_core.countdown.parse_puzzle enforces these)
+# puzzles (sbt_core.countdown.parse_puzzle and Puzzle.from_json enforce these)
 MIN_NUMBERS, MAX_NUMBERS = 2, 6          # numbers per typed puzzle
 MAX_NUMBER = 1_000_000                    # largest input number or target
+MAX_PUZZLE_TEXT = 200                     # characters of a typed puzzle
 
 # search budgets (per puzzle); minimums are the smallest meaningful values
 SEARCH_MINIMUM = {"n": 1, "b": 0, "width": 1, "nodes": 1, "temperature": 0.0, "top_k": 0,
@@ -83,3 +84,6 @@ LLAMA_MAX_CONTEXT = 4096
 # 10x the default train set) and worker processes (--workers: 0..this, 0 = one per core, at most 4)
 MAX_SPLIT_PUZZLES = 5_000_000
 MAX_GENERATE_WORKERS = 64
+# ... and solver calls one run may need (about 3 hours of one core; the default Countdown-4
+# set needs about 4 million): a number range whose random draws are rarely solvable is refused
+MAX_GENERATE_DRAWS = 100_000_000

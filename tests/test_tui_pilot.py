@@ -218,6 +218,13 @@ async def test_settings_form_applies_values():
         app.screen.query_one("#set-n").value = "0"
         await pilot.press("ctrl+s")
         assert "N must be" in str(app.screen.query_one("#settings-error").render())
+        app.screen.query_one("#set-n").value = "2000"  # the limits of sbt solve, not the form's own
+        await pilot.press("ctrl+s")
+        assert "N must be at most 1024" in str(app.screen.query_one("#settings-error").render())
+        app.screen.query_one("#set-n").value = "6"
+        app.screen.query_one("#set-temperature").value = "1e-40"
+        await pilot.press("ctrl+s")
+        assert "temperature must be 0 or between 0.01 and 100" in str(app.screen.query_one("#settings-error").render())
         await pilot.press("escape")
         assert app.settings.n == 6
 

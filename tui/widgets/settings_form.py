@@ -10,6 +10,10 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select
 
+from sbt_core.errors import SbtError
+from sbt_core.limits import MAX_SEED, check_range
+from sbt_core.search.common import check_param
+
 from ..sources import Settings
 
 BACKENDS = ("torch", "llama", "scripted")
@@ -62,17 +66,15 @@ class SettingsScreen(ModalScreen[Settings | None]):
         def val(id_: str) -> str:
             return self.query_one(f"#{id_}", Input).value.strip()
 
-        try:
-            n, b, seed = int(val("set-n")), int(val("set-b")), int(val("set-seed"))
-            temperature = float(val("set-temperature")) if val("set-temperature") else None
-        except ValueError:
-            raise ValueError("N, b and seed must be whole numbers; temperature a number") from None
-        if not 1 <= n <= 256:
-            raise ValueError("N must be between 1 and 256")
-        if not 0 <= b <= 16:
-            raise ValueError("b must be between 0 and 16")
-        if temperature is not None and not 0 <= temperature <= 5:
-            raise ValueError("temperature must be between 0 and 5")
+        try:  # the limits of sbt solve (sbt_core.limits), checked the same way
+            n = check_param("n", val("set-n"), int, "N")
+            b = check_param("b", val("set-b"), int, "b")
+            temperature = check_param("temperature", val("set-temperature"), float, "temperature") \
+                if val("set-temperature") else None
+            seed = check_range(int(val("set-seed")) if val("set-seed").lstrip("-").isdigit() else val("set-seed"),
+                               "seed", 0, MAX_SEED, integer=True)
+        except SbtError as exc:
+            raise ValueError(str(exc)) from None
         return replace(
             self.settings,
             method=str(self.query_one("#set-method", Select).value),
