@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 app = typer.Typer(help="Build Countdown puzzle splits.", no_args_is_help=True)
+
+
+def _sigterm_as_interrupt(signum, frame):  # pragma: no cover - exercised by subprocess tests
+    raise KeyboardInterrupt
 
 
 @app.command("generate")
@@ -19,13 +24,15 @@ def generate_cmd(
     test_new: int = typer.Option(5_000, "--test-new", help="test puzzles with held-out targets"),
     seed: int = typer.Option(0, help="seed: fixes held-out targets and every split"),
     out: Path = typer.Option(..., "--out", help="output folder"),
-    workers: int = typer.Option(0, help="worker processes (0: one per core, at most 4)"),
+    workers: int = typer.Option(0, help="worker processes for a large split (0: one per core, at most 4)"),
     min_number: int = typer.Option(1, "--min-number", help="smallest input number"),
     max_number: int = typer.Option(99, "--max-number",
                                    help="largest input number (e.g. 12: an extra set of small-number puzzles)"),
     avoid: Optional[Path] = typer.Option(None, "--avoid",
                                          help="another data folder whose val/test puzzles must not be drawn "
                                               "(same --seed: same held-out targets)"),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="replace the splits and meta.json of a folder that already holds them"),
 ) -> None:
     """Generate train / val / test_seen / test_new splits (Stream-of-Search style)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -34,14 +41,30 @@ def generate_cmd(
 
     cfg = GeneratorConfig(n_numbers=numbers, seed=seed, min_number=min_number, max_number=max_number,
                           sizes={"train": train, "val": val, "test_seen": test_seen, "test_new": test_new})
-    with Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), transient=False) as bar:
-        tasks: dict[str, int] = {}
+    # the bars start with the first puzzles: a refusal is the only line a user sees
+    bar = Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), transient=False)
+    tasks: dict[str, int] = {}
 
-        def progress(split: str, done: int, total: int) -> None:
-            if split not in tasks:
-                tasks[split] = bar.add_task(split, total=total)
-            bar.update(tasks[split], completed=done)
+    def progress(split: str, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()
+        if split not in tasks:
+            tasks[split] = bar.add_task(split, total=total)
+        bar.update(tasks[split], completed=done)
 
-        written = generate(cfg, out, workers=workers or None, progress=progress, avoid=avoid)
+    # SIGTERM stops the run as Ctrl-C does: workers stopped, temporary files removed, old files kept
+    old = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    written = None
+    try:
+        written = generate(cfg, out, workers=workers, progress=progress, avoid=avoid, overwrite=overwrite)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        if tasks:
+            bar.stop()
+    if written is None:  # interrupted (typer alone would exit 130 without a word)
+        typer.echo("error: interrupted", err=True)
+        raise typer.Exit(130)
     typer.echo(f"wrote {', '.join(f'{k}={v:,}' for k, v in written.items())} to {out}")

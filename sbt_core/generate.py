@@ -13,9 +13,18 @@ folder's eval puzzles) keeps it disjoint from that folder's val and test splits.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import math
+import multiprocessing
 import os
 import random
+import secrets
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,13 +32,21 @@ from typing import Callable, Iterable, Iterator
 
 from .countdown import Puzzle
 from .errors import SbtError
-from .solver import is_solvable
+from .limits import MAX_GENERATE_DRAWS, MAX_GENERATE_WORKERS, MAX_NUMBER, MAX_SPLIT_PUZZLES, check_range
+from .locks import output_lock
+from .solver import _reach, is_solvable
 
 SPLITS = ("train", "val", "test_seen", "test_new")
 EVAL_SPLITS = ("val", "test_seen", "test_new")
 CHUNK = 2000
 MAX_DRAWS = 2000  # number draws per target before giving it up (never reached with 1..99)
 STALL_CHUNKS = 50  # chunks in a row without a new puzzle: the range is used up
+WATCH_PARENT_S = 0.5  # how often a worker checks that the command that started it still runs
+
+
+def split_flag(split: str) -> str:
+    """The command-line option that sets a split's size (``test_seen`` -> ``--test-seen``)."""
+    return "--" + split.replace("_", "-")
 
 
 @dataclass
@@ -48,8 +65,20 @@ class GeneratorConfig:
             raise SbtError(f"--numbers must be between 3 and 6, got {self.n_numbers}")
         if self.min_number < 1:
             raise SbtError(f"--min-number must be at least 1, got {self.min_number}")
+        for flag, value in (("--min-number", self.min_number), ("--max-number", self.max_number),
+                            ("the smallest target", self.min_target), ("the largest target", self.max_target)):
+            if value > MAX_NUMBER:
+                raise SbtError(f"{flag} must be at most {MAX_NUMBER:,} (the number limit), got {value:,}")
+        if self.min_target < 0:
+            raise SbtError(f"the smallest target must be at least 0, got {self.min_target}")
         if self.min_number > self.max_number or self.min_target > self.max_target:
             raise SbtError("empty number or target range")
+        if not 0 <= self.holdout_fraction < 1:
+            raise SbtError(f"the held-out fraction must be in [0, 1), got {self.holdout_fraction}")
+        for split, size in self.sizes.items():
+            if split not in SPLITS:
+                raise SbtError(f"unknown split {split!r} (the splits are {', '.join(SPLITS)})")
+            check_range(size, split_flag(split), 0, MAX_SPLIT_PUZZLES, integer=True)
 
     def targets(self) -> tuple[list[int], list[int]]:
         """(seen, held-out) targets; the held-out ones are fixed by the seed."""
@@ -61,13 +90,14 @@ class GeneratorConfig:
 
 
 def _draw_chunk(args: tuple) -> list[tuple[tuple[int, ...], int]]:
-    cfg_dict, split, chunk_index, targets = args
+    # chunk and max_draws travel with the task: spawned workers do not see a patched module
+    cfg_dict, split, chunk_index, targets, chunk, max_draws = args
     cfg = GeneratorConfig(**cfg_dict)
     rng = random.Random(f"{cfg.seed}-{split}-{chunk_index}")
     out = []
-    for _ in range(CHUNK):
+    for _ in range(chunk):
         target = rng.choice(targets)
-        for _ in range(MAX_DRAWS):
+        for _ in range(max_draws):
             numbers = tuple(rng.randint(cfg.min_number, cfg.max_number) for _ in range(cfg.n_numbers))
             if is_solvable(numbers, target):
                 out.append((numbers, target))
@@ -76,50 +106,271 @@ def _draw_chunk(args: tuple) -> list[tuple[tuple[int, ...], int]]:
     return out
 
 
+# ---- worker processes: none outlives the command that started it ----
+
+def _worker_init(parent: int) -> None:
+    """Runs first in every pool worker. Ctrl-C is the parent's to handle (it stops the pool);
+    the worker dies with its parent: at once on Linux (PR_SET_PDEATHSIG), else within
+    WATCH_PARENT_S (a thread that sees the parent pid change)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="sbt-watch-parent", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(WATCH_PARENT_S)
+    os._exit(1)
+
+
+def _stop_pool(pool: ProcessPoolExecutor, clean: bool) -> None:
+    """Shut a pool down; unless ``clean`` (an error or a signal ended the split) its workers
+    are terminated at once instead of finishing the chunks they hold."""
+    if clean:
+        pool.shutdown(wait=True)
+        return
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    pool.shutdown(wait=False)  # the pool fails its pending futures itself (nobody waits for them)
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(1.0)
+
+
 def _chunks(cfg: GeneratorConfig, split: str, targets: list[int], workers: int) -> Iterator[list]:
     args = (asdict(cfg), split)
+    task = (targets, CHUNK, MAX_DRAWS)
     if workers <= 1:
         i = 0
         while True:
-            yield _draw_chunk((*args, i, targets))
+            yield _draw_chunk((*args, i, *task))
             i += 1
-    with ProcessPoolExecutor(workers) as pool:
+    # spawn: a worker starts as a fresh interpreter and inherits no lock, no open output and
+    # no thread state from the command (fork would copy the --out lock into every worker)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(os.getpid(),))
+    clean = False
+    try:
         i = 0
         while True:
-            batch = list(pool.map(_draw_chunk, [(*args, i + k, targets) for k in range(workers * 4)]))
-            yield from batch
+            # submit, not map: an interrupted map cancels its futures, and a pool whose workers
+            # are then terminated fails on the cancelled ones (a traceback from its thread)
+            futures = [pool.submit(_draw_chunk, (*args, i + k, *task)) for k in range(workers * 4)]
+            batch = [f.result() for f in futures]
+            try:
+                yield from batch
+            except GeneratorExit:  # the split is complete: no task is in flight
+                clean = True
+                raise
             i += workers * 4
+    finally:
+        _stop_pool(pool, clean)
+
+
+def iter_split(cfg: GeneratorConfig, split: str, taken: set, workers: int = 1,
+               progress: Callable[[int], None] | None = None) -> Iterator[dict]:
+    """The puzzles of one split, one row at a time, skipping any (multiset, target) already in
+    ``taken`` (updated). Raises ``SbtError`` when the number and target ranges hold fewer
+    distinct puzzles than asked for."""
+    seen, held = cfg.targets()
+    size = cfg.sizes.get(split, 0)
+    if size <= 0:
+        return
+    done = 0
+    stalled = 0
+    with contextlib.closing(_chunks(cfg, split, held if split == "test_new" else seen, workers)) as chunks:
+        for chunk in chunks:
+            before = done
+            for numbers, target in chunk:
+                key = (tuple(sorted(numbers)), target)
+                if key in taken:
+                    continue
+                taken.add(key)
+                yield {"id": f"{split}-{done:06d}", "split": split, "numbers": list(numbers), "target": target}
+                done += 1
+                if done == size:
+                    break
+            if progress:
+                progress(done)
+            if done == size:
+                return
+            stalled = 0 if done > before else stalled + 1
+            if stalled >= STALL_CHUNKS:
+                raise SbtError(f"{split}: only {done:,} distinct solvable puzzles with numbers "
+                               f"{cfg.min_number}..{cfg.max_number} (asked for {size:,}); ask for fewer")
 
 
 def generate_split(cfg: GeneratorConfig, split: str, taken: set, workers: int = 1,
                    progress: Callable[[int], None] | None = None) -> list[dict]:
-    """Puzzles of one split, skipping any (multiset, target) already in ``taken`` (updated).
-    Raises ``SbtError`` when the number and target ranges hold fewer distinct puzzles."""
+    """``iter_split`` as a list."""
+    return list(iter_split(cfg, split, taken, workers, progress))
+
+
+# ---- how many distinct puzzles the settings hold (refuse the impossible at once) ----
+
+# per number count: the number sets counted one by one (more: sampled), about 0.3 s of solver
+# work with numbers up to 99, and the most number sets a sample takes (at most PROBE_SECONDS)
+EXACT_MULTISETS = {3: 20_000, 4: 2_000, 5: 200, 6: 12}
+PROBE_SAMPLES = {3: 40_000, 4: 8_000, 5: 1_000, 6: 100}
+PROBE_SECONDS = 1.0
+PROBE_DELTA = 1e-6  # a sampled upper bound is exceeded with at most this probability
+
+
+def _reachable_count(numbers: tuple[int, ...], targets: frozenset) -> int:
+    """How many of ``targets`` the sorted ``numbers`` reach (all of them, each once: the solver's
+    rule, ``is_solvable``). The full set of values of n > 3 numbers is not kept in the
+    solver's cache (it is large and the generator never asks for it)."""
+    values = _reach(numbers) if len(numbers) <= 3 else _reach.__wrapped__(numbers)
+    return len(targets & values) if len(values) > len(targets) else sum(v in targets for v in values)
+
+
+def _orderings(m: tuple[int, ...]) -> int:
+    """How many ordered draws give the sorted multiset ``m``."""
+    out = math.factorial(len(m))
+    for _, group in itertools.groupby(m):
+        out //= math.factorial(len(list(group)))
+    return out
+
+
+def check_feasible(cfg: GeneratorConfig, taken: set | frozenset = frozenset()) -> None:
+    """Refuse at once (``SbtError``) settings that cannot give the puzzles asked for
+    (``taken``: puzzles that may not be drawn): the number and target ranges hold fewer
+    distinct solvable puzzles, or random draws are so rarely solvable that drawing them would
+    take more than MAX_GENERATE_DRAWS solver calls.
+
+    val, test_seen and train share the seen targets, test_new has the held-out ones. Where
+    there are few number sets every one is counted; else a seeded sample of number sets gives
+    upper bounds that hold with probability 1 - PROBE_DELTA (Chernoff and empirical Bernstein),
+    and settings under them pass: the generator's stall check is the last word on those."""
     seen, held = cfg.targets()
-    size = cfg.sizes.get(split, 0)
-    out: list[dict] = []
-    if size <= 0:
-        return out
-    stalled = 0
-    for chunk in _chunks(cfg, split, held if split == "test_new" else seen, workers):
-        before = len(out)
-        for numbers, target in chunk:
-            key = (tuple(sorted(numbers)), target)
-            if key in taken:
-                continue
-            taken.add(key)
-            out.append({"id": f"{split}-{len(out):06d}", "split": split, "numbers": list(numbers), "target": target})
-            if len(out) == size:
-                break
-        if progress:
-            progress(len(out))
-        if len(out) == size:
-            return out
-        stalled = 0 if len(out) > before else stalled + 1
-        if stalled >= STALL_CHUNKS:
-            raise SbtError(f"{split}: only {len(out):,} distinct solvable puzzles with numbers "
-                           f"{cfg.min_number}..{cfg.max_number} (asked for {size:,}); ask for fewer")
-    return out  # pragma: no cover
+    n, lo, hi = cfg.n_numbers, cfg.min_number, cfg.max_number
+    span = hi - lo + 1
+    multisets = math.comb(span - 1 + n, n)
+    for splits, targets, kind in ((("val", "test_seen", "train"), seen, "seen"), (("test_new",), held, "held-out")):
+        asked_splits = [s for s in splits if cfg.sizes.get(s, 0) > 0]
+        asked = sum(cfg.sizes[s] for s in asked_splits)
+        if not asked:
+            continue
+        tset = frozenset(targets)
+        avoided = [k for k in taken if len(k[0]) == n and k[1] in tset and lo <= min(k[0]) and max(k[0]) <= hi]
+        what = " + ".join(split_flag(s) for s in asked_splits)
+        where = f"numbers {lo}..{hi} and the {len(targets)} {kind} targets"
+        note = f" outside the {len(avoided):,} of --avoid" if avoided else ""
+
+        def refuse(count: str) -> None:
+            raise SbtError(f"{what}: only {count} distinct solvable puzzles with {where}{note} "
+                           f"(asked for {asked:,}); ask for fewer")
+
+        def too_rare(p: float, p_upper: float, sample: str) -> None:
+            # each puzzle takes 1/p draws on average, at least (more where targets differ)
+            if p_upper > 0 and asked / p_upper <= MAX_GENERATE_DRAWS:
+                return
+            need = f"about {asked / p:,.0f}" if p > 0 else \
+                f"more than {asked / p_upper:,.0f}" if p_upper > 0 else "endless"
+            raise SbtError(f"{what}: random {where} are rarely solvable{sample}: {asked:,} puzzles need "
+                           f"{need} solver calls (the limit is {MAX_GENERATE_DRAWS:,}); choose a narrower "
+                           "--min-number..--max-number range or ask for fewer")
+
+        if multisets <= EXACT_MULTISETS[n]:
+            total = hits = 0  # hits: solvable (ordered draw, target) pairs, as the generator draws
+            for m in itertools.combinations_with_replacement(range(lo, hi + 1), n):
+                c = _reachable_count(m, tset)
+                total += c
+                hits += c * _orderings(m)
+            total -= sum(is_solvable(*k) for k in avoided)
+            if asked > total:
+                refuse(f"{total:,}")
+            p = hits / (span ** n * len(targets))
+            too_rare(p, p, "")
+            continue
+        pairs = multisets * len(targets) - len(avoided)
+        if asked > pairs:
+            refuse(f"{pairs:,} or fewer")
+        # draws: a number set comes with the chance of its orderings (weight, at most 1)
+        weight_scale = math.factorial(n) * multisets / span ** n
+        probe = _probe(cfg, tset, multisets, asked, len(avoided), weight_scale)
+        if probe is None:
+            continue
+        k, (count_mean, count_upper), (draw_mean, draw_upper) = probe
+        sample = f" (in a sample of {k:,} number sets)"
+        scale = multisets * len(targets)
+        upper = scale * count_upper - sum(is_solvable(*key) for key in avoided)
+        if asked > upper:
+            refuse(f"about {max(int(scale * count_mean) - len(avoided), 0):,} (at most {max(int(upper), 0):,} "
+                   f"by a sample of {k:,} number sets)")
+        too_rare(draw_mean * weight_scale, min(1.0, draw_upper * weight_scale), sample)
+
+
+def _probe(cfg: GeneratorConfig, targets: frozenset, multisets: int, asked: int, avoided: int,
+           weight_scale: float):
+    """A seeded sample of number sets drawn uniformly (stars and bars): per set, x = the share
+    of ``targets`` it reaches and z = x times its share of the ordered draws (orderings / n!;
+    ``weight_scale`` * mean z is the chance that a random draw is solvable). Returns (sample
+    size, (mean x, upper x), (mean z, upper z)); None as soon as the sample plainly holds
+    ``asked`` + ``avoided`` puzzles at a cost well inside MAX_GENERATE_DRAWS (the usual
+    settings decide in milliseconds). Stops early too once a refusal is certain."""
+    n, lo = cfg.n_numbers, cfg.min_number
+    span = cfg.max_number - lo + n  # n distinct positions in 0..span-1 <-> one multiset
+    rng = random.Random(f"probe-{n}-{lo}-{cfg.max_number}-{sorted(targets)}")
+    scale = multisets * len(targets)
+    fact = math.factorial(n)
+    k = 0
+    sx = sxx = sz = szz = 0.0
+    t0 = time.monotonic()
+    while k < PROBE_SAMPLES[n] and time.monotonic() - t0 < PROBE_SECONDS:
+        pos = sorted(rng.sample(range(span), n))
+        m = tuple(lo + p - i for i, p in enumerate(pos))
+        x = _reachable_count(m, targets) / len(targets)
+        z = x * _orderings(m) / fact
+        k += 1
+        sx, sxx, sz, szz = sx + x, sxx + x * x, sz + z, szz + z * z
+        if k % 16:
+            continue
+        if sz and scale * sx / k / 2 >= asked + avoided and asked * k / (sz * weight_scale) * 2 <= MAX_GENERATE_DRAWS:
+            return None
+        if k % 256 == 0:
+            ux, uz = _mean_bounds(sx, sxx, k)[1], _mean_bounds(sz, szz, k)[1]
+            if scale * ux < asked or asked > MAX_GENERATE_DRAWS * uz * weight_scale:
+                break  # refused whatever the rest of the sample holds
+    if k < 2:
+        return None
+    return k, _mean_bounds(sx, sxx, k), _mean_bounds(sz, szz, k)
+
+
+def _mean_bounds(total: float, squares: float, k: int) -> tuple[float, float]:
+    """(mean, upper bound) of i.i.d. values in [0, 1] from their sum and sum of squares: the
+    smaller of the Chernoff (KL) and the empirical Bernstein bound, each at PROBE_DELTA / 2."""
+    mean = total / k
+    var = max(squares / k - mean * mean, 0.0) * k / (k - 1)
+    log = math.log(4 / PROBE_DELTA)
+    bernstein = mean + math.sqrt(2 * var * log / k) + 7 * log / (3 * (k - 1))
+    return mean, min(1.0, bernstein, _kl_upper(mean, k, PROBE_DELTA / 2))
+
+
+def _kl_upper(mean: float, k: int, delta: float) -> float:
+    """The q >= mean with k * KL(mean || q) = log(1 / delta) (Chernoff-Hoeffding), by bisection."""
+    bound = math.log(1 / delta) / k
+
+    def kl(a: float, b: float) -> float:
+        out = a * math.log(a / b) if a > 0 else 0.0
+        return out + ((1 - a) * math.log((1 - a) / (1 - b)) if a < 1 else 0.0)
+
+    low, high = mean, 1.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        if mid >= 1 or kl(mean, mid) > bound:
+            high = mid
+        else:
+            low = mid
+    return high
 
 
 def avoided_puzzles(cfg: GeneratorConfig, data_dir: Path) -> set:
@@ -150,37 +401,181 @@ def eval_puzzle_keys(data_dir: Path | str) -> set:
 
 def generate(cfg: GeneratorConfig, out_dir: Path, workers: int | None = None,
              progress: Callable[[str, int, int], None] | None = None,
-             avoid: Path | None = None) -> dict[str, int]:
+             avoid: Path | None = None, overwrite: bool = False) -> dict[str, int]:
     """Write every split as ``<split>.jsonl`` plus ``meta.json``; returns split sizes.
-    With ``avoid`` (a data folder), none of that folder's eval puzzles is drawn."""
+    With ``avoid`` (a data folder), none of that folder's eval puzzles is drawn.
+
+    Nothing the user owns is lost without their say: a folder that already holds a split
+    file or meta.json is refused unless ``overwrite``; a split of size 0 never replaces an
+    existing file (an empty one is left as it is, one with puzzles is refused even with
+    ``overwrite``; where there is none, an empty file is written). Each split goes to a
+    temporary file in ``out_dir``; all are renamed into place only when every split is
+    complete, meta.json last, so a run killed half-way leaves the old files as they were.
+    The folder's lock (``sbt_core.locks``) is held throughout: one writer per folder."""
+    if workers is not None:
+        check_range(workers, "--workers", 0, MAX_GENERATE_WORKERS, integer=True)
+    if not any(cfg.sizes.get(s, 0) for s in SPLITS):
+        raise SbtError("nothing to generate: every split has size 0")
     workers = workers or min(os.cpu_count() or 1, 4)
     out_dir = Path(out_dir)
     taken: set = avoided_puzzles(cfg, avoid) if avoid else set()
     avoided = len(taken)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
-    # eval splits first so that they never depend on the size of train
-    for split in (*EVAL_SPLITS, "train"):
-        size = cfg.sizes.get(split, 0)
-        cb = (lambda n, s=split, z=size: progress(s, n, z)) if progress else None
-        rows = generate_split(cfg, split, taken, workers if size >= 4 * CHUNK else 1, cb)
-        write_jsonl(out_dir / f"{split}.jsonl", rows)
-        written[split] = len(rows)
-    seen, held = cfg.targets()
-    meta = {"generator": "sbt stream-of-search v1", **asdict(cfg), "seen_targets": seen,
-            "held_out_targets": held, "written": written}
-    if avoid:
-        meta["avoided"] = {"data_dir": str(avoid), "puzzles": avoided}
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    check_feasible(cfg, taken)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SbtError(f"--out {out_dir} is a file, not a folder")
+    existed = out_dir.exists()
+    try:
+        with output_lock(out_dir, is_dir=True, what="--out"):
+            _check_out_dir(cfg, out_dir, overwrite)
+            return _write_splits(cfg, out_dir, workers, progress, taken, avoid, avoided)
+    except BaseException:
+        if not existed:  # a folder this run created and left empty goes again
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
+
+
+def _check_out_dir(cfg: GeneratorConfig, out_dir: Path, overwrite: bool) -> None:
+    names = [*(f"{s}.jsonl" for s in SPLITS), "meta.json"]
+    present = [name for name in names if os.path.lexists(out_dir / name)]
+    for name in present:
+        if (out_dir / name).is_dir():
+            raise SbtError(f"--out {out_dir}: {name} is a folder, not a file; move it away")
+    if present and not overwrite:
+        raise SbtError(f"--out {out_dir} already holds {', '.join(present)}; add --overwrite to replace "
+                       "them, or choose another folder")
+    for split in SPLITS:
+        path = out_dir / f"{split}.jsonl"
+        if cfg.sizes.get(split, 0) == 0 and path.is_file() and path.stat().st_size:
+            lines = _count_lines(path)
+            raise SbtError(f"{path} holds {lines:,} puzzles but {split_flag(split)} is 0; ask for that split "
+                           f"({split_flag(split)} N) or move the file away (--overwrite never keeps a split of "
+                           "an earlier run beside new ones, nor empties one)")
+    _remove_stale_temps(out_dir)
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+
+
+def _write_splits(cfg: GeneratorConfig, out_dir: Path, workers: int, progress, taken: set,
+                  avoid: Path | None, avoided: int) -> dict[str, int]:
+    written: dict[str, int] = {}
+    temps: dict[Path, Path] = {}  # final path -> complete temporary file
+    try:
+        # eval splits first so that they never depend on the size of train
+        for split in (*EVAL_SPLITS, "train"):
+            size = cfg.sizes.get(split, 0)
+            path = out_dir / f"{split}.jsonl"
+            written[split] = 0
+            if size <= 0:
+                if not os.path.lexists(path):  # an existing (empty) file is left as it is
+                    temps[path] = _write_temp(path, [])
+                continue
+            cb = (lambda n, s=split, z=size: progress(s, n, z)) if progress else None
+            rows = iter_split(cfg, split, taken, workers if size >= 4 * CHUNK else 1, cb)
+            with contextlib.closing(rows):
+                temps[path] = _write_temp(path, (_jsonl_line(r) for r in rows))
+            written[split] = size
+        seen, held = cfg.targets()
+        meta = {"generator": "sbt stream-of-search v1", **asdict(cfg), "seen_targets": seen,
+                "held_out_targets": held, "written": written}
+        if avoid:
+            meta["avoided"] = {"data_dir": str(avoid), "puzzles": avoided}
+        meta_tmp = _write_temp(out_dir / "meta.json", [json.dumps(meta, indent=1) + "\n"])
+        temps[out_dir / "meta.json"] = meta_tmp
+        with _signals_deferred():  # Ctrl-C / SIGTERM: all renamed or none
+            for path, tmp in list(temps.items()):  # meta.json last (dicts keep their order)
+                os.replace(tmp, path)
+                del temps[path]
+        _fsync_dir(out_dir)
+    finally:
+        for tmp in temps.values():
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return written
 
 
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done (then reach the handlers in place)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not None:  # None: a handler Python cannot restore
+            old[sig] = signal.signal(sig, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in got:
+            os.kill(os.getpid(), sig)
+
+
+def _jsonl_line(row: dict) -> str:
+    return json.dumps(row, separators=(", ", ": ")) + "\n"
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def _temp_name(path: Path) -> Path:
+    """``.<name>.<pid>-<random>.tmp`` beside ``path`` (hidden; removed by the next run if a
+    kill -9 left it)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def _write_temp(path: Path, chunks: Iterable[str]) -> Path:
+    """``chunks`` written and synced to a new temporary file beside ``path``; returns it
+    (removed again if writing fails or is interrupted)."""
+    tmp = _temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(fd, "w", encoding="utf-8", newline="\n") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Temporary files a killed run left (only ours: ``.<split>.jsonl.*.tmp``, ``.meta.json.*.tmp``);
+    called with the folder's lock held, so no running generate owns them."""
+    for name in [*(f"{s}.jsonl" for s in SPLITS), "meta.json"]:
+        for tmp in out_dir.glob(f".{name}.*{TEMP_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, separators=(", ", ": ")) + "\n")
-    os.replace(tmp, path)
+    """``rows`` as JSONL at ``path``, atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    tmp = _write_temp(path, (_jsonl_line(r) for r in rows))
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read_puzzles(path: Path | str, limit: int | None = None) -> list[Puzzle]:

@@ -217,8 +217,13 @@ def test_number_range_exhaustion_and_avoid(tmp_path, generated, monkeypatch):
     assert out["train"] == 30 and all(max(p.numbers) <= 6 for p in got)
     meta = json.loads((tmp_path / "small" / "meta.json").read_text())
     assert meta["max_number"] == 6 and meta["avoided"]["puzzles"] == sum(len(rows[s]) for s in gen.EVAL_SPLITS)
+    tiny = GeneratorConfig(n_numbers=3, seed=7, max_number=3, sizes={"train": 10_000})
     with pytest.raises(SbtError, match=r"only [\d,]+ distinct solvable puzzles with numbers 1\.\.3"):
-        generate(GeneratorConfig(n_numbers=3, seed=7, max_number=3, sizes={"train": 10_000}), tmp_path / "tiny", workers=1)
+        generate(tiny, tmp_path / "tiny", workers=1)  # counted and refused before anything is written
+    assert not (tmp_path / "tiny").exists()
+    # the generator's own stall check, the last word on what the count lets through
+    with pytest.raises(SbtError, match=r"train: only [\d,]+ distinct solvable puzzles with numbers 1\.\.3"):
+        generate_split(tiny, "train", set())
     # --avoid: none of the other folder's eval puzzles is drawn, even where the range allows it
     evals = {(tuple(sorted(r["numbers"])), r["target"]) for s in gen.EVAL_SPLITS for r in rows[s]}
     again = generate_split(GeneratorConfig(seed=7, sizes={"train": 200}), "train", gen.avoided_puzzles(
