@@ -54,7 +54,7 @@ def render(model_dir: Path, accuracy: list[dict] | None = None) -> str:
         "## Reproduce",
         "",
         "```bash",
-        f"sbt data generate --numbers {_numbers(cfg)} --train {_train_size(cfg)} --seed 0 --out {cfg['data_dir']}/",
+        f"sbt data generate --numbers {_numbers(cfg)} --train {_train_size(cfg)} --seed 0 --out {cfg['data_dir']}/ --overwrite",
         info.get("command") or "(command not recorded)",
         "```",
         "",
