@@ -11,9 +11,8 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
-from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from .errors import PuzzleError
 from .limits import MAX_NUMBER as MAX_VALUE
@@ -199,20 +198,6 @@ def legal_steps(state: Sequence[int]) -> list[Step]:
     return out
 
 
-def apply_step(state: Sequence[int], step: Step) -> tuple[int, ...]:
-    """The state after a legal, correct step (sorted tuple). Raises ValueError otherwise."""
-    rest = list(state)
-    try:
-        rest.remove(step.a)
-        rest.remove(step.b)
-    except ValueError:
-        raise ValueError(f"{step}: operand not available in {tuple(state)}") from None
-    if not step.is_correct:
-        raise ValueError(f"{step}: not a correct legal step")
-    rest.append(step.result)
-    return tuple(sorted(rest))
-
-
 class Failure(str, enum.Enum):
     """Why an answer is wrong: the paper's failure categories plus our stricter ones."""
 
@@ -256,31 +241,96 @@ class Verdict:
         return f"{FAILURE_TEXT[self.failure]}{where}: {self.detail}" if self.detail else FAILURE_TEXT[self.failure] + where
 
 
+@dataclass(frozen=True)
+class Move:
+    """One step of an answer played on the numbers available: the parsed step (None when
+    the line is not ``a op b = c``), the numbers available after it (sorted; the numbers
+    before it when it is wrong) and, for a wrong step, why (a ``Failure`` and a detail)."""
+
+    step: Step | None
+    state: tuple[int, ...]
+    failure: Failure | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def play_step(state: Sequence[int], raw: Step | str | None) -> Move:
+    """Play one step (a ``Step`` or a line) on the available numbers ``state``."""
+    step = raw if isinstance(raw, Step) else parse_step(raw)
+    if step is None:
+        return Move(None, tuple(sorted(state)), Failure.INVALID_FORMAT,
+                    f"{shorten(raw, SHOWN_STEP)!r} is not 'a op b = c'")
+    rest = list(state)
+    why = _take(rest, step)
+    if why is not None:
+        return Move(step, tuple(sorted(state)), *why)
+    return Move(step, tuple(sorted(rest)))
+
+
+def _take(rest: list[int], step: Step) -> tuple[Failure, str] | None:
+    """The rules of one step, in this order: the operands available (each number is used
+    once), the operation legal, the result right. On success ``rest`` (the available
+    numbers) loses the operands and gains the result, and the answer is None; else why not."""
+    for x in (step.a, step.b):
+        try:
+            rest.remove(x)
+        except ValueError:
+            return Failure.UNKNOWN_NUMBER, f"{x} is not available"
+    value = apply_op(step.a, step.op, step.b)
+    if value is None:
+        return Failure.ILLEGAL_OPERATION, f"{step.a} {step.op} {step.b} is not allowed"
+    if value != step.result:
+        return Failure.INCORRECT_RESULT, f"{step.a} {step.op} {step.b} is {value}, not {step.result}"
+    rest.append(value)
+    return None
+
+
+def replay(puzzle: Puzzle, steps: Iterable[Step | str | None]) -> Iterator[Move]:
+    """Play an answer's steps from the puzzle's numbers, one ``Move`` per step; stops after
+    the first wrong step (its ``Move`` says why)."""
+    state: tuple[int, ...] = tuple(sorted(puzzle.numbers))
+    for raw in steps:
+        move = play_step(state, raw)
+        yield move
+        if not move.ok:
+            return
+        state = move.state
+
+
+def state_after(puzzle: Puzzle, steps: Iterable[Step | str | None]) -> tuple[int, ...] | None:
+    """The numbers left after ``steps`` (sorted), or None when one of them is wrong."""
+    state: tuple[int, ...] = tuple(sorted(puzzle.numbers))
+    for move in replay(puzzle, steps):
+        if not move.ok:
+            return None
+        state = move.state
+    return state
+
+
+def apply_step(state: Sequence[int], step: Step) -> tuple[int, ...]:
+    """The state after a legal, correct step (sorted tuple). Raises ValueError otherwise."""
+    rest = list(state)
+    why = _take(rest, step)
+    if why is not None:
+        unknown = why[0] is Failure.UNKNOWN_NUMBER
+        raise ValueError(f"{step}: " + (f"operand not available in {tuple(state)}" if unknown else "not a correct legal step"))
+    return tuple(sorted(rest))
+
+
 def verify(puzzle: Puzzle, steps: Iterable[Step | str | None]) -> Verdict:
     """Strictly judge an answer: every number used exactly once, legal exact steps, target reached."""
-    remaining = Counter(puzzle.numbers)
+    state: tuple[int, ...] = tuple(sorted(puzzle.numbers))
     last: int | None = None
-    count = 0
-    for i, raw in enumerate(steps):
-        count += 1
-        step = parse_step(raw) if isinstance(raw, str) else raw
-        if step is None:
-            return Verdict(False, Failure.INVALID_FORMAT, i, f"{shorten(raw, SHOWN_STEP)!r} is not 'a op b = c'")
-        need = Counter((step.a, step.b))
-        missing = [x for x in need if remaining[x] < need[x]]
-        if missing:
-            return Verdict(False, Failure.UNKNOWN_NUMBER, i, f"{missing[0]} is not available")
-        value = apply_op(step.a, step.op, step.b)
-        if value is None:
-            return Verdict(False, Failure.ILLEGAL_OPERATION, i, f"{step.a} {step.op} {step.b} is not allowed")
-        if value != step.result:
-            return Verdict(False, Failure.INCORRECT_RESULT, i, f"{step.a} {step.op} {step.b} is {value}, not {step.result}")
-        remaining -= need
-        remaining[value] += 1
-        last = value
-    if count == 0 and len(puzzle.numbers) > 1:
+    for i, move in enumerate(replay(puzzle, steps)):
+        if not move.ok:
+            return Verdict(False, move.failure, i, move.detail)
+        state, last = move.state, move.step.result
+    if last is None and len(puzzle.numbers) > 1:
         return Verdict(False, Failure.NO_ANSWER, None, "no steps")
-    left = sorted(remaining.elements())
+    left = list(state)
     final = last if last is not None else left[0]
     if final != puzzle.target:
         return Verdict(False, Failure.TARGET_NOT_REACHED, None, f"ended at {final}, target {puzzle.target}")

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import random
 from functools import lru_cache
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
-from .countdown import OPS, Puzzle, Step, apply_op, apply_step, legal_steps, verify
+from .countdown import OPS, Puzzle, Step, apply_op, apply_step, legal_steps, replay, verify
 
 
 def _results(a: int, b: int) -> set[int]:
@@ -150,20 +150,14 @@ def clear_cache() -> None:
     _reach.cache_clear()
 
 
-def first_wrong_step(puzzle: Puzzle, steps: Sequence[Step | None]) -> int | None:
+def first_wrong_step(puzzle: Puzzle, steps: Iterable[Step | str | None]) -> int | None:
     """Index of the first step of an answer that is wrong: not a step, not allowed by the
-    rules (unavailable number, illegal operation), wrong arithmetic, or a correct step into
-    a state from which the target can no longer be reached. None when no step is wrong (the
-    answer verifies, or it stops early or claims the goal without a wrong step)."""
-    state = tuple(sorted(puzzle.numbers))
-    for i, step in enumerate(steps):
-        if step is None or not step.is_correct:
-            return i
-        try:
-            state = apply_step(state, step)
-        except ValueError:  # an operand that is not available
-            return i
-        if not is_solvable(state, puzzle.target):
+    rules (unavailable number, illegal operation), wrong arithmetic (``countdown.replay``),
+    or a correct step into a state from which the target can no longer be reached. None
+    when no step is wrong (the answer verifies, or it stops early or claims the goal
+    without a wrong step)."""
+    for i, move in enumerate(replay(puzzle, steps)):
+        if not move.ok or not is_solvable(move.state, puzzle.target):
             return i
     return None
 

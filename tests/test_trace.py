@@ -141,7 +141,7 @@ def _protocol_texts(draw_rng: random.Random, p: Puzzle) -> list[str]:
 def test_tokenizer_round_trip(tok, nums, target, seed):
     p = Puzzle(tuple(nums), target)
     for text in _protocol_texts(random.Random(seed), p):
-        ids = tok(text)["input_ids"]
+        ids = tok(text, add_special_tokens=False)["input_ids"]
         assert tok.unk_token_id not in ids, text
         assert tok.decode(ids) == text
 
@@ -150,14 +150,14 @@ def test_tokenizer_pieces_and_length(tok):
     p = Puzzle((44, 19, 35, 2), 64)
     sol = solve(p)
     text = prompt(p) + render_solution(sol)
-    ids = tok(text)["input_ids"]
+    ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == text
     assert len(ids) < 70, len(ids)  # "well under 100 tokens" for Countdown-4
     pieces = tok.convert_ids_to_tokens(ids)
     assert pieces[0] == "###Question: numbers " and pieces[-1] == GOAL
     assert tok.convert_tokens_to_ids(BACKTRACK) != tok.unk_token_id
-    assert len(tok("<backtrack>")["input_ids"]) == 1
-    assert tok.convert_ids_to_tokens(tok("12 + 7 = 19\n")["input_ids"]) == ["1", "2", " + ", "7", " = ", "1", "9", "\n"]
+    assert len(tok("<backtrack>", add_special_tokens=False)["input_ids"]) == 1
+    assert tok.convert_ids_to_tokens(tok("12 + 7 = 19\n", add_special_tokens=False)["input_ids"]) == ["1", "2", " + ", "7", " = ", "1", "9", "\n"]
 
 
 def test_tokenizer_worst_case_countdown4(tok):
@@ -165,4 +165,4 @@ def test_tokenizer_worst_case_countdown4(tok):
     p = Puzzle((99, 98, 97, 96), 100)
     steps = [Step(99, "*", 98, 9702), Step(9702, "*", 97, 941094), Step(941094, "*", 96, 90345024)]
     text = prompt(p) + render_backtrack(steps[:2], steps[2])
-    assert len(tok(text)["input_ids"]) < 100
+    assert len(tok(text, add_special_tokens=False)["input_ids"]) < 100

@@ -351,8 +351,9 @@ def test_base_model_dir_is_fine_tuned_with_backtrack_token(tmp_path, tiny_data):
 
 
 def test_verifier_stats_precision_and_recall():
+    from sbt_core.solver import first_wrong_step
     from sbt_core.trace import parse_response
-    from training.verifier_stats import VerifierStats, first_wrong_step
+    from training.verifier_stats import VerifierStats
 
     p = Puzzle((2, 3, 5), 30)
     cases = {
@@ -366,7 +367,7 @@ def test_verifier_stats_precision_and_recall():
     stats = VerifierStats()
     for text, wrong in cases.items():
         resp = parse_response(text)
-        assert first_wrong_step(p, resp) == wrong, text
+        assert first_wrong_step(p, resp.steps) == wrong, text
         stats.add(p, resp)
     assert stats.ended_backtrack == 4
     assert stats.precision == 3 / 4

@@ -301,6 +301,25 @@ def test_trace_json_round_trip():
         trace_from_json({"puzzle": PUZZLE})
 
 
+def test_demo_is_the_real_self_backtracking_search_on_a_simulated_model():
+    from sbt_core.countdown import parse_puzzle
+    from sbt_core.search import METHODS
+    from tui.demo import DEMO, DEMO_STATES, DemoBackend, demo_events
+
+    puzzle = parse_puzzle("100 75 50 25 6 3 -> 952")
+    events = list(demo_events(puzzle, n=8, b=1, seed=0))
+    params = {"n": 8, "b": 1, "max_states": DEMO_STATES, "max_new_tokens": 1024}
+    real = list(METHODS["self-backtrack"].run(puzzle, DemoBackend(), params, 0))
+    strip = lambda evs: [e.to_json() for e in evs[:-1]]  # noqa: E731 (Done: wall time, label)
+    assert strip(events) == strip(real)
+    done = events[-1].result
+    assert done.method == DEMO and real[-1].result.method == "self-backtrack"
+    assert done.verdict == real[-1].result.verdict and done.lines == real[-1].result.lines
+    assert any(isinstance(e, Backtrack) for e in events)  # the simulated model backtracks
+    assert strip(list(demo_events(puzzle, n=8, b=1, seed=0))) == strip(events)  # deterministic
+    assert strip(list(demo_events(puzzle, n=8, b=1, seed=1))) != strip(events)  # the seed matters
+
+
 def test_timeline_seek_is_consistent():
     events = trace_events()
     t = Timeline()

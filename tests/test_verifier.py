@@ -15,6 +15,9 @@ from sbt_core.countdown import (
     expression,
     legal_steps,
     parse_step,
+    play_step,
+    replay,
+    state_after,
     verify,
 )
 
@@ -164,6 +167,36 @@ def test_apply_step_refuses_bad_steps():
         apply_step((2, 3, 5), Step(3, "-", 5, -2))
 
 
+def test_replay_plays_each_step_and_stops_at_the_first_wrong_one():
+    moves = list(replay(P4, ["44 - 35 = 9", "19 - 9 = 10", "10 * 3 = 30", "30 + 2 = 32"]))
+    assert [m.ok for m in moves] == [True, True, False]  # nothing after the first wrong step
+    assert moves[0].step == Step(44, "-", 35, 9) and moves[0].state == (2, 9, 19)
+    assert moves[1].state == (2, 10)
+    assert (moves[2].failure, moves[2].detail) == (Failure.UNKNOWN_NUMBER, "3 is not available")
+    assert moves[2].state == (2, 10)  # a wrong step changes nothing
+    assert state_after(P4, ["44 - 35 = 9", "19 - 9 = 10"]) == (2, 10)
+    assert state_after(P4, ["44 - 35 = 9", "19 - 9 = 11"]) is None
+    assert state_after(P4, []) == (2, 19, 35, 44)
+
+
+@pytest.mark.parametrize("state, line, failure, detail", [
+    ((2, 3, 5), "2 3", Failure.INVALID_FORMAT, "'2 3' is not 'a op b = c'"),
+    ((2, 3, 5), None, Failure.INVALID_FORMAT, "'None' is not 'a op b = c'"),
+    ((2, 3, 5), "3 + 3 = 6", Failure.UNKNOWN_NUMBER, "3 is not available"),
+    ((2, 3, 5), "3 - 5 = -2", Failure.ILLEGAL_OPERATION, "3 - 5 is not allowed"),
+    ((2, 3, 5), "5 / 2 = 2", Failure.ILLEGAL_OPERATION, "5 / 2 is not allowed"),
+    ((2, 3, 5), "5 + 2 = 8", Failure.INCORRECT_RESULT, "5 + 2 is 7, not 8"),
+    ([5, 2, 3], Step(5, "+", 2, 7), None, ""),
+])
+def test_play_step_says_why_with_the_verifier_categories(state, line, failure, detail):
+    move = play_step(state, line)
+    assert (move.failure, move.detail, move.ok) == (failure, detail, failure is None)
+    assert move.state == ((3, 7) if failure is None else (2, 3, 5))
+    if failure is not None:  # the verifier reports the same category and words
+        v = verify(Puzzle(tuple(state), 10), [line])
+        assert (v.failure, v.step_index, v.detail) == (failure, 0, detail)
+
+
 def test_parse_step_round_trip_large_values():
     # values of accepted 6-number puzzles (each <= 10**6) stay below 10**36
     big = Step(10**18, "*", 10**18, 10**36)
@@ -214,3 +247,35 @@ def test_verify_never_raises(nums, target, lines):
     if not v.ok:
         assert v.failure in set(Failure)
         assert isinstance(v.describe(), str)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(small, min_size=2, max_size=5), small,
+       st.lists(st.one_of(st.builds(lambda a, op, b, c: f"{a} {op} {b} = {c}", small, st.sampled_from("+-*/"), small,
+                                    st.integers(0, 60)), st.text(max_size=8)), max_size=5))
+def test_every_replay_agrees_with_the_verifier(nums, target, lines):
+    """One replay decides: the verifier, the solver's first wrong step, the scripted
+    model's continuation and the dfs state all see the same first wrong step."""
+    from sbt_core.backends.scripted import solver_continuation
+    from sbt_core.solver import first_wrong_step, is_solvable
+    from sbt_core.trace import BACKTRACK
+
+    puzzle = Puzzle(tuple(nums), target)
+    v = verify(puzzle, lines)
+    moves = list(replay(puzzle, lines))
+    bad = next((i for i, m in enumerate(moves) if not m.ok), None)
+    if bad is not None:
+        assert (v.failure, v.step_index, v.detail) == (moves[bad].failure, bad, moves[bad].detail)
+        assert state_after(puzzle, lines) is None
+        assert solver_continuation(puzzle, lines) == BACKTRACK
+        assert first_wrong_step(puzzle, lines) <= bad
+    else:
+        assert v.step_index is None and len(moves) == len(lines)
+        end = state_after(puzzle, lines)
+        assert end == (moves[-1].state if moves else tuple(sorted(nums)))
+        if lines:  # a correct step into a dead end is wrong; the end is solvable iff none is
+            assert (first_wrong_step(puzzle, lines) is None) == is_solvable(end, target)
+    state = sorted(nums)
+    for line, move in zip(lines, moves):  # dfs plays one line at a time on a state
+        assert play_step(state, line) == move
+        state = list(move.state)

@@ -15,10 +15,10 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator
 
-from sbt_core.countdown import Puzzle, Step, apply_op, apply_step, legal_steps, parse_step, verify
+from sbt_core.countdown import Puzzle, Step, apply_op, apply_step, legal_steps, parse_step, state_after, verify
 from sbt_core.errors import SbtError
 from sbt_core.solver import false_claim_cut, is_solvable, random_solution
-from sbt_core.trace import BACKTRACK, prompt, render_backtrack, render_solution, render_steps
+from sbt_core.trace import prompt, render_backtrack, render_solution, render_steps
 
 ERROR_KINDS = ("exploration", "computational", "rule")
 
@@ -87,20 +87,12 @@ def back_example(puzzle: Puzzle, prefix: list[Step], wrong: Step, kind: str, tra
     return Example(p, render_backtrack(prefix, wrong), kind, masked)
 
 
-def _state_after(puzzle: Puzzle, steps: list[Step]) -> tuple[int, ...]:
-    """The numbers left after ``steps`` (sorted)."""
-    state = tuple(sorted(puzzle.numbers))
-    for step in steps:
-        state = apply_step(state, step)
-    return state
-
-
 def honest_last_example(puzzle: Puzzle, path: list[Step], rng: random.Random) -> Example | None:
     """The path's prefix, then the last two numbers combined by another legal operation
     with its true result (not the target), then ``<backtrack>``; only the result, the
     newline, ``<backtrack>`` and the end token are trained. None when every operation on
     the last two numbers gives the target."""
-    state = _state_after(puzzle, path[:-1])
+    state = state_after(puzzle, path[:-1])
     moves = [m for m in legal_steps(state) if m.result != puzzle.target] if len(state) == 2 else []
     if not moves:
         return None
@@ -226,7 +218,7 @@ def examples_for(puzzle: Puzzle, recipe: Recipe, rng: random.Random,
         for attempt in range(len(ERROR_KINDS) * 4):
             claim_goal = forcing and attempt == 0  # on the path: the last step (then the usual kinds)
             k = len(path) - 1 if claim_goal else rng.randrange(len(path))
-            state = _state_after(puzzle, path[:k])
+            state = state_after(puzzle, path[:k])
             if claim_goal:
                 wrong = goal_forcing_error(state, puzzle.target, rng)
             else:

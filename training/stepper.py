@@ -7,14 +7,15 @@ Precisions (``--precision``):
 - ``bf16-master``: the forward and backward run on a bfloat16 copy of the model; the
   optimizer keeps float32 master weights (``model``), gets the gradients cast up, and
   the copy is refreshed after each step. On CPUs with AMX this avoids autocast's
-  per-op weight casts: measured 1.2x over ``bf16`` here.
+  per-op weight casts.
 - ``auto``: ``bf16`` on CUDA, ``bf16-master`` on CPUs with bf16 instructions, else ``fp32``.
 
 ``torch.compile`` (``--compile``) fuses the element-wise work (RMSNorm, rotary, SwiGLU)
-that dominates these small models on CPU (about half the step time): measured 1.7x
-on top of ``bf16-master``. Shapes are static (batches padded to a multiple of 16, so a
-handful of compiled shapes); the first step of each new width compiles (tens of seconds
-on 2 cores). ``auto`` compiles long CPU runs when a C compiler is present.
+that dominates these small models on CPU (about half the step time). Shapes are static
+(batches padded to a multiple of 16, so a handful of compiled shapes); the first step of
+each new width compiles. ``auto`` compiles long CPU runs when a C compiler is present.
+What each precision and the compile give on the machines measured, and how long the
+compiling takes: README, "Speed on these 2 cores" (``benchmarks/bench_train_speed.py``).
 
 ``model`` (float32) stays the source of truth: checkpoints, evaluation and the saved
 model directory use it.

@@ -3,31 +3,17 @@
 A step is *wrong* when it is malformed, breaks a rule, has a wrong result, or leaves a
 state from which the target can no longer be reached. Precision: of the outputs that end
 in <backtrack>, the share whose last step was wrong. Recall: of the outputs that contain
-a wrong step, the share that emitted <backtrack> right after the first one.
+a wrong step, the share that emitted <backtrack> right after the first one
+(``sbt_core.solver.first_wrong_step``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sbt_core.countdown import Puzzle, apply_step
-from sbt_core.solver import is_solvable
+from sbt_core.countdown import Puzzle
+from sbt_core.solver import first_wrong_step
 from sbt_core.trace import Response
-
-
-def first_wrong_step(puzzle: Puzzle, resp: Response) -> int | None:
-    """Index of the first wrong step of a response, or None when every step is right."""
-    state = tuple(sorted(puzzle.numbers))
-    for i, step in enumerate(resp.steps):
-        if step is None:
-            return i
-        try:
-            state = apply_step(state, step)  # raises on unavailable numbers, bad results, illegal ops
-        except ValueError:
-            return i
-        if not is_solvable(state, puzzle.target):
-            return i
-    return None
 
 
 @dataclass
@@ -40,7 +26,7 @@ class VerifierStats:
 
     def add(self, puzzle: Puzzle, resp: Response) -> None:
         self.outputs += 1
-        wrong = first_wrong_step(puzzle, resp)
+        wrong = first_wrong_step(puzzle, resp.steps)
         if resp.backtracked:
             self.ended_backtrack += 1
             if wrong is not None:  # once a step is wrong, every later state is a dead end too

@@ -1,52 +1,36 @@
-"""A simulated self-backtracking search, for watching the TUI without a trained model.
+"""A simulated model for watching the TUI without a trained one.
 
-It follows the shape of Algorithm 1 (expand N samples, roll back the ones that end in
-``<backtrack>``, re-expand each distinct rolled-back state up to b rounds, select the
-candidate with the best mean log-prob) but the "samples" are drawn with the exact solver
-and a seeded RNG, not by a language model. It is labelled ``demo`` everywhere it is
-shown, and it is what the TUI tests replay (deterministic, instant, no weights).
+The search is the real self-backtracking method (``sbt_core.search``, Algorithm 1); only
+the model is simulated: ``DemoBackend`` is the scripted backend whose samples are drawn
+with the exact solver and an RNG seeded by the call's seed and the state, not by a
+language model. A sample is a solution (``Goal Reached!``), a few good steps and then a
+step into a dead end (``<backtrack>``), or now and then a confident mistake that claims
+the goal anyway. The run is labelled ``demo`` everywhere it is shown; it is
+deterministic, instant and needs no weights.
 """
 
 from __future__ import annotations
 
 import random
-import time
+from dataclasses import replace
 from typing import Iterator
 
-from sbt_core.countdown import Puzzle, apply_step, legal_steps, verify
-from sbt_core.search.events import (
-    Backtrack,
-    Candidate,
-    Done,
-    Event,
-    Expand,
-    Sample,
-    SearchResult,
-    Select,
-    Stats,
-)
+from sbt_core.backends.scripted import ScriptedBackend
+from sbt_core.countdown import Puzzle, apply_step, legal_steps, state_after
+from sbt_core.limits import SEARCH_MAXIMUM
+from sbt_core.search.events import Done, Event
 from sbt_core.solver import is_solvable, random_solution
-from sbt_core.trace import BACKTRACK, GOAL
+from sbt_core.trace import BACKTRACK, GOAL, parse_prompt
 
 DEMO = "demo"
-
-
-def _state(puzzle: Puzzle, lines: list[str]) -> tuple[int, ...]:
-    from sbt_core.countdown import parse_step
-
-    state = tuple(sorted(puzzle.numbers))
-    for line in lines:
-        state = apply_step(state, parse_step(line))
-    return state
-
-
-def _tokens(lines: list[str], ending: str) -> int:
-    return sum(len(x) + 1 for x in lines) + (len(ending) if ending else 0)
+DEMO_STATES = 3  # rolled-back states re-expanded per round: keeps the demo short
 
 
 def _continue(puzzle: Puzzle, prefix: list[str], rng: random.Random, p_good: float) -> tuple[list[str], str]:
     """A continuation of ``prefix``: a solution (goal), a dead end (backtrack) or a wrong 'goal'."""
-    state = _state(puzzle, prefix)
+    state = state_after(puzzle, prefix)
+    if state is None:  # a prefix that breaks the rules: a model would give up
+        return [], "backtrack"
     sub = Puzzle(state, puzzle.target)
     sol = random_solution(sub, rng) if len(state) > 1 else None
     roll = rng.random()
@@ -56,7 +40,7 @@ def _continue(puzzle: Puzzle, prefix: list[str], rng: random.Random, p_good: flo
     good = [str(s) for s in (sol or [])]
     keep = rng.randint(0, max(0, len(good) - 2)) if good else 0
     lines = good[:keep]
-    st = _state(puzzle, [*prefix, *lines])
+    st = state_after(puzzle, [*prefix, *lines])
     bad = [s for s in legal_steps(st) if not is_solvable(apply_step(st, s), puzzle.target)]
     if not bad:
         return ([str(s) for s in sol], "goal") if sol else ([], "none")
@@ -67,53 +51,37 @@ def _continue(puzzle: Puzzle, prefix: list[str], rng: random.Random, p_good: flo
     return lines, "backtrack"
 
 
-def demo_events(puzzle: Puzzle, n: int = 4, b: int = 1, seed: int = 0, p_good: float = 0.3) -> Iterator[Event]:
-    t0 = time.perf_counter()
-    rng = random.Random(f"{puzzle}|{n}|{b}|{seed}")
-    stats = Stats()
-    node = 0
-    frontier: list[list[str]] = [[]]
-    cands: dict[tuple[str, ...], list] = {}
-    for rnd in range(b + 1):
-        rolled: list[list[str]] = []
-        for prefix in frontier:
-            yield Expand(node, list(prefix), n, rnd)
-            stats.model_calls += 1
-            stats.expansions += 1
-            backs = []
-            for i in range(n):
-                lines, ending = _continue(puzzle, prefix, rng, p_good)
-                marker = {"goal": GOAL, "backtrack": BACKTRACK}.get(ending, "")
-                text = "".join(x + "\n" for x in lines) + marker
-                tok = _tokens(lines, marker)
+class DemoBackend(ScriptedBackend):
+    """The scripted backend with a simulated model: each ``sample`` call draws ``n``
+    continuations per state (``_continue``), from an RNG seeded by the call's seed and the
+    state, each with a made-up mean log-prob (a wrong or unfinished sample scores lower)."""
+
+    def __init__(self, p_good: float = 0.3) -> None:
+        super().__init__(model_name=DEMO)
+        self.p_good = p_good
+
+    def sample(self, prompts: list[str], n: int, temperature: float, max_new_tokens: int,
+               seed: int, top_k: int | None = None, stop_at_line: bool = False):
+        self.calls.append(("sample", [self.state_of(p) for p in prompts], n))
+        out = []
+        for p in prompts:
+            rng = random.Random(f"{p}|{seed}")
+            puzzle, prefix = parse_prompt(p), [x for x in self.state_of(p).split("\n") if x]
+            comps = []
+            for _ in range(n):
+                lines, ending = _continue(puzzle, prefix, rng, self.p_good)
+                text = "".join(x + "\n" for x in lines) + {"goal": GOAL, "backtrack": BACKTRACK}.get(ending, "")
                 lp = -round(rng.uniform(0.02, 0.6) + (0.25 if ending != "goal" else 0.0), 3)
-                stats.tokens += tok
-                yield Sample(node, i, text, lines, ending, lp, tok)
-                full = [*prefix, *lines]
-                if ending == "goal":
-                    c = cands.setdefault(tuple(full), [lp, 0])
-                    c[0] = max(c[0], lp)
-                    c[1] += 1
-                elif ending == "backtrack" and lines:
-                    backs.append((i, lines[-1], [*prefix, *lines[:-1]]))
-            for i, wrong, back in backs:
-                stats.backtracks += 1
-                yield Backtrack(node, i, wrong, back, rnd)
-                if back not in rolled:
-                    rolled.append(back)
-            node += 1
-        frontier = rolled[:3]  # a small re-expansion budget keeps the demo short
-        if not frontier:
-            break
-    for lines, (score, count) in sorted(cands.items(), key=lambda kv: -kv[1][0]):
-        yield Candidate(list(lines), score, count)
-    stats.candidates = len(cands)
-    if cands:
-        best = max(cands.items(), key=lambda kv: kv[1][0])
-        lines, score = list(best[0]), best[1][0]
-        yield Select(lines, score, "highest mean log-prob")
-    else:
-        lines, score = [], None
-        yield Select([], None, "no sample reached the goal")
-    stats.wall_ms = (time.perf_counter() - t0) * 1e3
-    yield Done(SearchResult(puzzle, DEMO, lines, verify(puzzle, lines), stats, {"n": n, "b": b}, score))
+                comps.append(self._truncate(self._completion((text, lp)), max_new_tokens, stop_at_line))
+            out.append(comps)
+        return out
+
+
+def demo_events(puzzle: Puzzle, n: int = 4, b: int = 1, seed: int = 0, p_good: float = 0.3) -> Iterator[Event]:
+    """The event stream of ``self-backtrack`` (N=``n``, b=``b``, at most ``DEMO_STATES``
+    states a round) on the simulated model, its result labelled ``demo``."""
+    from sbt_core.search import METHODS
+
+    params = {"n": n, "b": b, "max_states": DEMO_STATES, "max_new_tokens": SEARCH_MAXIMUM["max_new_tokens"]}
+    for ev in METHODS["self-backtrack"].run(puzzle, DemoBackend(p_good), params, seed):
+        yield Done(replace(ev.result, method=DEMO)) if isinstance(ev, Done) else ev

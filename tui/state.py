@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from sbt_core.countdown import Puzzle, apply_op, parse_step, verify
+from sbt_core.countdown import Puzzle, parse_step, replay, verify
 from sbt_core.search.events import (
     Backtrack,
     Candidate,
@@ -106,39 +106,25 @@ class Board:
 
 
 def board(puzzle: Puzzle, lines: Iterable[str], wrong: str | None = None, mode: str = "step") -> Board:
-    """Apply steps to the puzzle's numbers, tile by tile (the result takes the first operand's place)."""
+    """Apply steps to the puzzle's numbers, tile by tile (the result takes the first operand's
+    place); ``sbt_core.countdown.replay`` says which steps are allowed and why not."""
     tiles = [Tile(x) for x in puzzle.numbers]
-    applied: list[tuple[str, bool]] = []
-    problem = None
     seq = list(lines)
-    for k, line in enumerate(seq):
-        if problem:
-            applied.append((line, False))
-            continue
-        step = parse_step(line)
-        if step is None:
-            problem = f"{line!r} is not a step"
-            applied.append((line, False))
-            continue
-        ia = next((i for i, t in enumerate(tiles) if t.value == step.a), None)
-        ib = next((i for i, t in enumerate(tiles) if t.value == step.b and i != ia), None)
-        value = apply_op(step.a, step.op, step.b)
-        if ia is None or ib is None:
-            missing = step.a if ia is None else step.b
-            problem = f"{missing} is not available"
-        elif value is None:
-            problem = f"{step.a} {step.op} {step.b} is not allowed"
-        elif value != step.result:
-            problem = f"{step.a} {step.op} {step.b} is {value}, not {step.result}"
-        if problem:
-            applied.append((line, False))
-            continue
+    applied: list[tuple[str, bool]] = [(line, False) for line in seq]
+    problem = None
+    for k, move in enumerate(replay(puzzle, seq)):  # the rules: sbt_core.countdown
+        if not move.ok:
+            problem = f"{seq[k]!r} is not a step" if move.step is None else move.detail
+            break
+        step = move.step
+        ia = next(i for i, t in enumerate(tiles) if t.value == step.a)
+        ib = next(i for i, t in enumerate(tiles) if t.value == step.b and i != ia)
         for t in tiles:
             if t.tag == "new":
                 t.tag = "made"
         tiles[ia] = Tile(step.result, "new")
         del tiles[ib]
-        applied.append((line, True))
+        applied[k] = (seq[k], True)
     if mode in ("undo", "rollback") and wrong is not None:
         for t in tiles:
             if t.tag == "new":

@@ -50,19 +50,11 @@ _TOKEN = re.compile("|".join(re.escape(p) for p in _PIECES) + r"|[\s\S]")
 
 def solver_continuation(puzzle: Puzzle, prefix: list[str]) -> str:
     """What a perfect model says from a state: the rest of a solution, or ``<backtrack>``."""
-    from ..countdown import apply_step, parse_step
+    from ..countdown import state_after
     from ..solver import is_solvable, solve
 
-    state: tuple[int, ...] = tuple(sorted(puzzle.numbers))
-    try:
-        for line in prefix:
-            step = parse_step(line)
-            if step is None:
-                return BACKTRACK
-            state = apply_step(state, step)
-    except ValueError:
-        return BACKTRACK
-    if not is_solvable(state, puzzle.target):
+    state = state_after(puzzle, prefix)
+    if state is None or not is_solvable(state, puzzle.target):
         return BACKTRACK
     rest = solve(Puzzle(state, puzzle.target)) or []
     return render_solution(rest)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Generator, Iterator, Sequence
 
-from ..countdown import Failure, Puzzle, Verdict, parse_step, shorten, verify
+from ..countdown import Failure, Puzzle, Verdict, shorten, verify
 from ..errors import SbtError
 from ..limits import SEARCH_MAXIMUM, SEARCH_MINIMUM, check_temperature
 from ..trace import parse_response, prompt, render_steps
@@ -222,20 +222,3 @@ class SearchRun:
         yield Select(list(lines), score, reason)
         self.stats.wall_ms = (time.perf_counter() - self.t0) * 1e3
         yield Done(SearchResult(self.puzzle, self.method, list(lines), verdict, self.stats, dict(self.params), score))
-
-
-def step_ok(state: list[int], line: str) -> tuple[bool, list[int]]:
-    """Is ``line`` a legal, correct step on the available numbers? and the state after it."""
-    from collections import Counter
-
-    from ..countdown import apply_op
-
-    step = parse_step(line)
-    if step is None:
-        return False, state
-    avail = Counter(state)
-    need = Counter((step.a, step.b))
-    if any(avail[x] < need[x] for x in need) or apply_op(step.a, step.op, step.b) != step.result:
-        return False, state
-    rest = list((avail - need).elements()) + [step.result]
-    return True, sorted(rest)

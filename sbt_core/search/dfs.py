@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Generator, Iterator
 
-from ..countdown import Puzzle
-from .common import SearchRun, resolve_params, step_ok
+from ..countdown import Puzzle, play_step
+from .common import SearchRun, resolve_params
 from .events import Backtrack, Event
 
 DEFAULTS = {"n": 4, "nodes": 32, "temperature": 0.7, "top_k": 0, "max_new_tokens": 24}
@@ -41,9 +41,9 @@ def _visit(run: SearchRun, p: dict, prefix: list[str], state: list[int], depth: 
     children: dict[str, tuple[float, int, list[int]]] = {}
     for i, c in enumerate(e.completions):
         line = c.text.strip()
-        ok, after = step_ok(state, line)
-        if ok and (line not in children or c.mean_logprob > children[line][0]):
-            children[line] = (c.mean_logprob, children.get(line, (0, i))[1], after)
+        move = play_step(state, line)
+        if move.ok and (line not in children or c.mean_logprob > children[line][0]):
+            children[line] = (c.mean_logprob, children.get(line, (0, i))[1], list(move.state))
     run.note_attempt(prefix, "none", float(len(prefix)))
     for line, (_, index, after) in sorted(children.items(), key=lambda kv: -kv[1][0]):
         path = prefix + [line]

@@ -6,7 +6,6 @@ NEW = "bold #9ece6a"  # the result of the step just taken
 GOOD = "#9ece6a"
 BAD = "#f7768e"
 BACK = "#e0af68"  # rollback
-TARGET = "bold #e0af68"
 DIM = "#737aa2"
 ACCENT = "#7dcfff"
 TEXT = "#c0caf5"

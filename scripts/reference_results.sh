@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuilds the reference leaderboard in results.db from the shipped models.
-#   bash benchmarks/reference_results.sh [LIMIT]     (LIMIT puzzles per split; default 1000)
+#   bash scripts/reference_results.sh [LIMIT]     (LIMIT puzzles per split; default 1000)
 # Resumable: re-running continues every run where it stopped (see docs/bench.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."

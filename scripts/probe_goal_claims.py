@@ -1,6 +1,6 @@
 """Does a backtracking model recognise a last step that claims the target with wrong arithmetic?
 
-    python benchmarks/probe_goal_claims.py --model countdown4-backtrack --limit 150
+    python scripts/probe_goal_claims.py --model countdown4-backtrack --limit 150
 
 For each of the first --limit `test_new` puzzles, P(`<backtrack>`) as the next token after
 three kinds of last step (teacher forcing, torch backend):
@@ -29,7 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from sbt_core.backends.torch_backend import TorchBackend  # noqa: E402
-from sbt_core.countdown import apply_step, parse_step  # noqa: E402
+from sbt_core.countdown import parse_step, state_after  # noqa: E402
 from sbt_core.generate import read_puzzles  # noqa: E402
 from sbt_core.models import resolve_model  # noqa: E402
 from sbt_core.solver import random_solution  # noqa: E402
@@ -59,9 +59,7 @@ def main() -> None:
     for i, p in enumerate(puzzles):
         path = random_solution(p, rng)
         if path:
-            state = tuple(sorted(p.numbers))
-            for s in path[:-1]:
-                state = apply_step(state, s)
+            state = state_after(p, path[:-1])
             prefix = [str(s) for s in path[:-1]]
             kinds["correct last step"].append(next_token_probs(tb, p, prefix + [str(path[-1])], ids))
             fake = goal_forcing_error(state, p.target, rng)
