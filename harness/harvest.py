@@ -102,7 +102,7 @@ def own_mistakes(puzzle, completions, limit: int) -> list[list[str]]:
 
 
 # settings added after the first harvests: a record without them was made with these values
-_LATER_SETTINGS = {"mistakes": 0}
+_LATER_SETTINGS = {"mistakes": 0, "backend_options": {}}
 
 
 def _meta_path(out: Path) -> Path:
@@ -161,6 +161,8 @@ def _harvest(cfg: HarvestConfig, out: Path, backend, log: Callable[[str], None],
              on_progress: Callable[[int, int, int], None] | None) -> dict:
     rows = train_slice(Path(cfg.data), cfg.puzzles, cfg.seed, 1)
     settings = {**asdict(cfg), "model_sha256": backend.model_sha256, "backend": backend.backend_name}
+    options = getattr(backend, "options", None)  # non-default backend options change the samples
+    settings["backend_options"] = options.identity(backend.backend_name) if options is not None else {}
     slice_index = {r["train_index"]: i for i, r in enumerate(rows)}
     out.parent.mkdir(parents=True, exist_ok=True)
     done, kept, n_mistakes = _resume_point(out, settings, slice_index)

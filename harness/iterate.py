@@ -50,7 +50,7 @@ from sbt_core.limits import (MAX_BATCH_SIZE, MAX_LR, MAX_PUZZLES, MAX_ROUNDS, MA
 from sbt_core.locks import output_lock
 
 from .runner import _SOURCE_CACHE, BenchInterrupted, NullObserver, RunOutcome, evaluate, resolve_data_dir
-from .store import Store, canonical_json
+from .store import Store
 
 SEARCH_METHOD = "self-backtrack"
 FAST_METHOD = "greedy"
@@ -113,12 +113,13 @@ class IterateConfig:
 # --------------------------------------------------------------------------- backends
 
 
-def torch_backend_factory(path: Path, label: str, role: str):
-    """Open a model directory with the torch backend, named ``label`` in the store.
-    ``role`` is ``search`` / ``eval`` (the default factory ignores it; tests use it)."""
+def torch_backend_factory(path: Path, label: str, role: str, options=None):
+    """Open a model directory with the torch backend and ``options`` (a ``BackendOptions``;
+    None: from the environment), named ``label`` in the store. ``role`` is ``search`` /
+    ``eval`` (the default factory ignores it; tests use it)."""
     from sbt_core.backends.torch_backend import TorchBackend
 
-    backend = TorchBackend(path)
+    backend = TorchBackend(path, options)
     backend.model_name = label
     return backend
 
@@ -389,11 +390,6 @@ class Iteration:
         return self.store.iterations(c.experiment)
 
 
-def run_iteration(cfg: IterateConfig, store: Store, **kwargs) -> list[dict]:
-    """Run or resume an experiment; returns its ``iterations`` rows (see ``Iteration``)."""
-    return Iteration(cfg, store, **kwargs).run()
-
-
 # --------------------------------------------------------------------------- display
 
 
@@ -425,5 +421,5 @@ def iterations_table(rows: list[dict], title: str | None = None):
     return t
 
 
-__all__ = ["IterateConfig", "Iteration", "run_iteration", "train_slice", "verified_paths", "iterations_table",
+__all__ = ["IterateConfig", "Iteration", "train_slice", "verified_paths", "iterations_table",
            "torch_backend_factory"]

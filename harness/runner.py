@@ -1,7 +1,8 @@
 """The bench runner: a matrix of methods x params x models over a list of puzzles.
 
 Every (method, params, model) cell is one *run* in the results store. A run's identity is
-(method, params, model sha256, backend, puzzles sha256, seed); running the same bench
+(method, params, model sha256, backend, puzzles sha256, seed, backend options that change
+the computation: ``BackendOptions.identity``); running the same bench
 again finds the run and does only the puzzles it has no result for. Each puzzle's result
 is committed as soon as it finishes, so kill -9 loses at most the puzzle in flight.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import itertools
+import json
 import math
 import os
 import platform
@@ -25,8 +27,9 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
+from sbt_core import settings
 from sbt_core.countdown import Puzzle
 from sbt_core.errors import SbtError
 from sbt_core.generate import read_puzzles
@@ -35,11 +38,6 @@ from sbt_core.search.common import resolve_params, show_value
 from sbt_core.search.events import Done, SearchResult
 
 from .store import REPO_ROOT, Store, canonical_json, puzzles_sha256
-
-# the matrix knobs of `sbt bench` and which method parameter each one sets
-MATRIX_KNOBS = ("n", "b", "temperature")
-DEFAULT_METHODS = ("greedy", "best-of-n", "self-backtrack")
-
 
 class BenchInterrupted(Exception):
     """Ctrl-C / SIGTERM during a bench: the current run was marked ``interrupted``."""
@@ -285,16 +283,25 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-# environment settings that change what a run computes: recorded in front of its command
-RUN_ENV = ("SBT_LLAMA_QUANT", "SBT_DTYPE", "SBT_TORCH_IMPL", "SBT_DEVICE")
-
-
 def command_line() -> str:
+    """The command that reproduces a run: the environment settings in effect that change
+    what it computes (``sbt_core.settings.run_env``), then the arguments."""
     argv = list(sys.argv)
     if argv:
         argv[0] = Path(argv[0]).name
-    env = [f"{k}={shlex.quote(os.environ[k])}" for k in RUN_ENV if os.environ.get(k)]
+    env = [f"{k}={shlex.quote(v)}" for k, v in settings.run_env()]
     return " ".join(env + [shlex.quote(a) for a in argv])
+
+
+def options_identity(backend, options: "settings.BackendOptions | None" = None) -> dict:
+    """The backend options a run records and is keyed by: those the loaded backend resolved
+    (``backend.options``), else ``options``; only the non-default ones that change what
+    ``backend`` computes ({} without a model)."""
+    if backend is None:
+        return {}
+    opts = getattr(backend, "options", None) or options
+    name = getattr(backend, "backend_name", None)
+    return opts.identity(name) if isinstance(opts, settings.BackendOptions) else {}
 
 
 def model_label(backend) -> str | None:
@@ -398,7 +405,8 @@ class Bench:
     seed: int = 0
     trace: bool = True
     observer: Any = field(default_factory=NullObserver)
-    load_backend: Callable[..., Any] | None = None  # (model, backend, n_numbers) -> Backend
+    load_backend: Callable[..., Any] | None = None  # (model, backend, n_numbers[, options=]) -> Backend
+    options: settings.BackendOptions | None = None  # backend options (None: from the environment)
     _backends: dict = field(default_factory=dict)
 
     def source_for(self, spec: RunSpec) -> PuzzleSource:
@@ -413,7 +421,8 @@ class Bench:
             loader = self.load_backend
             if loader is None:
                 from sbt_core.backends import load_backend as loader  # heavy imports stay lazy
-            self._backends[key] = loader(spec.model, self.backend, self.n_numbers or infer_numbers(spec.model))
+            extra = {"options": self.options} if self.options is not None else {}
+            self._backends[key] = loader(spec.model, self.backend, self.n_numbers or infer_numbers(spec.model), **extra)
         return self._backends[key]
 
     def run_fields(self, spec: RunSpec, source: PuzzleSource, backend, n_puzzles: int) -> dict:
@@ -423,6 +432,7 @@ class Bench:
             "model": model_label(backend),
             "model_sha256": getattr(backend, "model_sha256", None) if backend is not None else None,
             "backend": getattr(backend, "backend_name", self.backend) if backend is not None else None,
+            "backend_options": options_identity(backend, self.options) or None,
             "split": source.split,
             "puzzles": str(source.path),
             "puzzles_sha256": source.sha256,
@@ -559,6 +569,8 @@ class RichProgress:
         self.i += 1
         self.n, self.k = done, solved
         model = f" · {run['model']}" if run.get("model") else ""
+        if run.get("backend_options"):  # a run with non-default options (bfloat16, cuda, ...)
+            model += f" · {settings.format_options(json.loads(run['backend_options']))}"
         index = f"[{self.i}/{self.n_runs}] #{run['id']}"
         if self.lines:
             self._label, self._total = f"{index} {spec.label()}{model}", total
@@ -582,11 +594,6 @@ class RichProgress:
             return
         if status != "done" and self.task is not None:
             self.progress.update(self.task, acc=f"{self._acc()} [yellow]{status}[/]")
-
-
-def run_bench(store: Store, specs: Iterable[RunSpec], **kwargs) -> list[RunOutcome]:
-    """Run a bench (see ``Bench`` for the options) and return one outcome per run."""
-    return Bench(store, list(specs), **kwargs).run()
 
 
 def evaluate(store: Store, method: str, *, model: str | None = None, params: dict | None = None,

@@ -3,8 +3,10 @@
 Tables (documented in ``docs/bench.md``):
 
 - ``runs``: one row per method configuration run. Its identity ``key`` is a hash of
-  (method, params, model sha256, backend, puzzles sha256, seed): running the same bench
-  again finds the same row and continues it.
+  (method, params, model sha256, backend, puzzles sha256, seed, and the backend options
+  that change what it computes, ``backend_options``: bfloat16, cuda, ...; none for default
+  options, whose runs keep the key they had before options were recorded): running the
+  same bench again finds the same row and continues it.
 - ``results``: one row per puzzle per run, primary key ``(run_id, puzzle_index)``; each
   row is committed as soon as its puzzle finishes, so a killed bench loses at most the
   puzzle in flight and a re-run never duplicates one.
@@ -26,22 +28,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import sqlite3
 import time
 import urllib.parse
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from sqlite_utils import Database
 
+from sbt_core import settings
 from sbt_core.errors import SbtError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DB_ENV = "SBT_DB"
 DEFAULT_DB_NAME = "results.db"
 BUSY_TIMEOUT_S = 30.0  # sqlite's own busy handler, per statement
 LOCK_RETRY_S = 300.0  # our retry loop on "database is locked", per transaction
@@ -58,8 +58,7 @@ class StoreError(SbtError):
 
 def default_db_path() -> Path:
     """``$SBT_DB`` if set, else ``results.db`` at the repository root."""
-    env = os.environ.get(DB_ENV)
-    return Path(env) if env else REPO_ROOT / DEFAULT_DB_NAME
+    return settings.db_path() or REPO_ROOT / DEFAULT_DB_NAME
 
 
 def utcnow() -> str:
@@ -71,10 +70,14 @@ def canonical_json(obj: Any) -> str:
 
 
 def run_key(method: str, params: dict, model_sha256: str | None, backend: str | None,
-            puzzles_sha256: str, seed: int) -> str:
-    """A run's identity: same method, params, weights, backend, puzzles and seed -> same run."""
+            puzzles_sha256: str, seed: int, options: dict | None = None) -> str:
+    """A run's identity: same method, params, weights, backend, puzzles, seed and backend
+    options (``BackendOptions.identity``: the non-default ones that change the computation)
+    -> same run. No options (the defaults) leave the key as it was before they counted."""
     ident = {"method": method, "params": params, "model_sha256": model_sha256 or None,
              "backend": backend or None, "puzzles_sha256": puzzles_sha256, "seed": int(seed)}
+    if options:
+        ident["options"] = options
     return hashlib.sha256(canonical_json(ident).encode()).hexdigest()
 
 
@@ -178,10 +181,21 @@ def _m001_initial(db: Database) -> None:
     )
 
 
+def _m002_backend_options(db: Database) -> None:
+    # JSON object: the run's non-default backend options that change what it computes
+    # (BackendOptions.identity, e.g. {"dtype": "bfloat16"}); NULL: all default
+    db["runs"].add_column("backend_options", str)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("m001_initial", _m001_initial),
+    ("m002_backend_options", _m002_backend_options),
 ]
 KNOWN_MIGRATIONS = {name for name, _ in MIGRATIONS}
+# migrations a read-only reader can do without: they add a column whose absence means its
+# default (a database written before ``backend_options`` holds only default-option runs),
+# so `sbt bench report` still reads an older results.db that it may not migrate
+READER_OPTIONAL = {"m002_backend_options"}
 
 
 # --------------------------------------------------------------------------- the store
@@ -259,8 +273,13 @@ class Store:
         fields = dict(fields)
         if isinstance(fields.get("params"), dict):
             fields["params"] = canonical_json(fields["params"])
+        options = fields.pop("backend_options", None)
+        if isinstance(options, str):
+            options = json.loads(options)
+        if options:  # (default options: the column stays NULL)
+            fields["backend_options"] = canonical_json(options)
         key = run_key(fields["method"], json.loads(fields["params"]), fields.get("model_sha256"),
-                      fields.get("backend"), fields["puzzles_sha256"], fields["seed"])
+                      fields.get("backend"), fields["puzzles_sha256"], fields["seed"], options)
         now = utcnow()
 
         def go(db: Database) -> tuple[dict, bool]:
@@ -393,9 +412,10 @@ def _check_not_foreign(db: Database, label: str, empty_ok: bool = True) -> None:
     if unknown:
         raise StoreError(f"{label} was written by a newer sbt or another program "
                          f"(unknown migrations: {', '.join(sorted(unknown))}); upgrade sbt or choose another --db")
-    if not empty_ok and KNOWN_MIGRATIONS - applied:  # read-only: it cannot be brought up to date here
+    missing = KNOWN_MIGRATIONS - applied - READER_OPTIONAL
+    if not empty_ok and missing:  # read-only: it cannot be brought up to date here
         raise StoreError(f"{label} was written by an older sbt (missing migrations: "
-                         f"{', '.join(sorted(KNOWN_MIGRATIONS - applied))}); run `sbt bench` on it once to upgrade")
+                         f"{', '.join(sorted(missing))}); run `sbt bench` on it once to upgrade")
 
 
 def migrate(store: Store) -> list[str]:
@@ -575,7 +595,8 @@ def _retry(fn: Callable[[], T], timeout: float = LOCK_RETRY_S) -> T:
             delay = min(delay * 2, 1.0)
 
 
-def decode(row: dict, fields: Iterable[str] = ("params", "versions", "numbers", "steps", "trace")) -> dict:
+def decode(row: dict, fields: Iterable[str] = ("params", "versions", "numbers", "steps", "trace",
+                                              "backend_options")) -> dict:
     """A copy of a row with its JSON columns parsed."""
     out = dict(row)
     for k in fields:
@@ -585,12 +606,3 @@ def decode(row: dict, fields: Iterable[str] = ("params", "versions", "numbers", 
             except json.JSONDecodeError:
                 pass
     return out
-
-
-@contextmanager
-def opened(path: str | Path | None = None, create: bool = True) -> Iterator[Store]:
-    store = open_store(path, create=create)
-    try:
-        yield store
-    finally:
-        store.close()

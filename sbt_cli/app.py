@@ -9,6 +9,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
+from sbt_core import settings
 from sbt_core.errors import SbtError
 
 _OPTION_NAME = re.compile(r"--?[A-Za-z][\w-]*(=.*)?", re.S)
@@ -65,7 +66,7 @@ class SbtGroup(TyperGroup):
                 _fail(exc.format_message() + hint, exc.exit_code)
             if type(exc).__name__ == "Abort":
                 _fail("aborted", 1)
-            if os.environ.get("SBT_DEBUG"):
+            if settings.debug():
                 raise
             if isinstance(exc, OSError):
                 _fail(f"{type(exc).__name__}: {exc}", 1)
@@ -185,11 +186,11 @@ def _main() -> None:
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except (BrokenPipeError, OSError) as exc:
-        if os.environ.get("SBT_DEBUG"):
+        if settings.debug():
             raise
         fail(f"{type(exc).__name__}: {exc}", 1)
     except Exception as exc:  # never a traceback for users; SBT_DEBUG=1 shows it
-        if os.environ.get("SBT_DEBUG"):
+        if settings.debug():
             raise
         fail(f"internal error: {type(exc).__name__}: {exc} (set SBT_DEBUG=1 for the traceback)", 3)
 

@@ -11,17 +11,20 @@ from typing import List, Optional
 
 import typer
 
+from sbt_cli import sigterm_as_interrupt
+
 from sbt_core.errors import SbtError
+from sbt_core.settings import FLAG_HELP
 
 app = typer.Typer(help="Benchmark search methods into a SQLite results store; `sbt bench report` shows it.",
                   no_args_is_help=False)
 
 def _stdout_console():
-    import os
-
     from rich.console import Console
 
-    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120
+    from sbt_core.settings import columns_set
+
+    wide = None if sys.stdout.isatty() or columns_set() else 120
     return Console(highlight=False, width=wide)
 
 
@@ -31,9 +34,6 @@ DB_HELP = "results database (default: $SBT_DB, else results.db at the repository
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="bench")
 
-
-def _sigterm_as_interrupt(signum, frame):  # pragma: no cover - exercised by subprocess tests
-    raise KeyboardInterrupt
 
 
 @app.callback(invoke_without_command=True)
@@ -47,6 +47,10 @@ def bench(
     b: str = typer.Option("0,1", "--b", help="comma list: backtracking budgets (self-backtracking only)"),
     model: Optional[str] = typer.Option(None, "--model", help="comma list of model names or directories (default: the shipped model)"),
     backend: str = typer.Option("torch", "--backend", help="torch | llama"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=FLAG_HELP["dtype"]),
+    device: Optional[str] = typer.Option(None, "--device", help=FLAG_HELP["device"]),
+    threads: Optional[int] = typer.Option(None, "--threads", help=FLAG_HELP["threads"]),
+    quant: Optional[str] = typer.Option(None, "--quant", help=FLAG_HELP["quant"]),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first LIMIT puzzles"),
     seed: int = typer.Option(0, "--seed", help="run seed (puzzle i is searched with a seed derived from it and i)"),
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
@@ -69,7 +73,9 @@ def bench(
     from harness.runner import (Bench, BenchInterrupted, RichProgress, NullObserver, infer_numbers, parse_list,
                                 parse_param_options, plan_matrix, puzzles_numbers)
     from harness.store import open_store
+    from sbt_core.settings import backend_options
 
+    options = backend_options(backend, dtype=dtype, device=device, threads=threads, quant=quant)
     method_list = parse_list(methods, str, "--methods")
     if not method_list:
         raise SbtError("--methods is empty")
@@ -88,10 +94,10 @@ def bench(
     progress = RichProgress(err, n_runs=len(specs)) if not quiet else None
     bench = Bench(None, specs, split=None if puzzles else split, puzzles_file=puzzles, data=data,  # type: ignore[arg-type]
                   n_numbers=numbers, backend=backend, limit=limit, seed=seed, trace=trace,
-                  observer=progress or NullObserver())
+                  observer=progress or NullObserver(), options=options)
     bench.preflight()  # puzzle files and models resolve before anything is written or shown
     store = bench.store = open_store(db)
-    old = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    old = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     try:
         try:
             if progress:
@@ -184,6 +190,7 @@ def runs_cmd(
     from harness.report import effective_status
     from harness.runner import format_label
     from harness.store import decode, read_only
+    from sbt_core.settings import format_options
 
     def table(store) -> Table:
         counts = {r["run_id"]: (r["n"], r["k"]) for r in store.query(
@@ -194,9 +201,12 @@ def runs_cmd(
                          no_wrap=h in ("method", "done", "started"))
         for r in store.runs():
             n, k = counts.get(r["id"], (0, 0))
-            params = decode(r)["params"] or {}
-            params = params if isinstance(params, dict) else {}
-            cells = [str(r["id"]), format_label(r["method"], params), r["model"] or "-",
+            row = decode(r)
+            params = row["params"] if isinstance(row["params"], dict) else {}
+            options = row.get("backend_options")  # (absent from a database no bench has migrated yet)
+            label = " ".join(filter(None, [format_label(r["method"], params),
+                                           format_options(options if isinstance(options, dict) else None)]))
+            cells = [str(r["id"]), label, r["model"] or "-",
                      r["split"] or Path(r["puzzles"] or "?").name, str(r["seed"]), f"{n}/{r['n_puzzles'] or '?'}",
                      str(k), effective_status(r), (r["started"] or "")[:16].replace("T", " "), (r["git_sha"] or "")[:8]]
             t.add_row(*(escape(str(c)) for c in cells))  # stored strings are text, never Rich markup

@@ -8,11 +8,10 @@ from typing import Optional
 
 import typer
 
+from sbt_cli import sigterm_as_interrupt
+
 app = typer.Typer(help="Build Countdown puzzle splits.", no_args_is_help=True)
 
-
-def _sigterm_as_interrupt(signum, frame):  # pragma: no cover - exercised by subprocess tests
-    raise KeyboardInterrupt
 
 
 @app.command("generate")
@@ -54,7 +53,7 @@ def generate_cmd(
         bar.update(tasks[split], completed=done)
 
     # SIGTERM stops the run as Ctrl-C does: workers stopped, temporary files removed, old files kept
-    old = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    old = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     written = None
     try:
         written = generate(cfg, out, workers=workers, progress=progress, avoid=avoid, overwrite=overwrite)

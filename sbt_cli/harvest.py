@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from sbt_core.errors import SbtError
+from sbt_core.settings import FLAG_HELP
 
 
 def harvest_cmd(
@@ -22,6 +23,10 @@ def harvest_cmd(
     seed: int = typer.Option(0, "--seed", help="seed of the slice and of the samples"),
     mistakes: int = typer.Option(0, "--mistakes", min=0, help="also keep up to this many of each puzzle's false 'Goal Reached!' samples, cut after the step where they went wrong (sbt train --paths makes backtracking examples of them)"),
     backend: str = typer.Option("torch", "--backend", help="torch | llama (a GGUF beside the model; several times faster)"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=FLAG_HELP["dtype"]),
+    device: Optional[str] = typer.Option(None, "--device", help=FLAG_HELP["device"]),
+    threads: Optional[int] = typer.Option(None, "--threads", help=FLAG_HELP["threads"]),
+    quant: Optional[str] = typer.Option(None, "--quant", help=FLAG_HELP["quant"]),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, nor progress lines (those replace the bar when stderr is not a terminal)"),
 ) -> None:
     """Sample N answers per TRAIN puzzle and keep, per puzzle, the verified one the model likes best.
@@ -33,7 +38,9 @@ def harvest_cmd(
     from sbt_core.backends import load_backend
     from sbt_core.locks import output_lock
     from sbt_core.models import default_model
+    from sbt_core.settings import backend_options
 
+    options = backend_options(backend, dtype=dtype, device=device, threads=threads, quant=quant)
     n_numbers = numbers or infer_numbers(model)
     model = model or default_model(n_numbers)
     data_dir = resolve_data_dir(data, n_numbers)
@@ -45,7 +52,7 @@ def harvest_cmd(
     if out.is_dir():
         raise SbtError(f"--out {out} is a folder; give the paths file to write (e.g. {out / 'paths.jsonl'})")
     with output_lock(out, is_dir=False, what="--out"):  # one writer per paths file, before the model loads
-        be = load_backend(model, backend, n_numbers)
+        be = load_backend(model, backend, n_numbers, **({"options": options} if options else {}))
         summary = _run(cfg, out, be, quiet, puzzles)
     own = f", {summary['mistakes']:,} own mistakes" if "mistakes" in summary else ""
     typer.echo(f"{out}: {summary['kept']:,} verified paths{own} from {summary['done']:,} train puzzles "

@@ -3,6 +3,7 @@ fine-tune -> evaluate fast and slow on test_new), resumable per round."""
 
 from __future__ import annotations
 
+import functools
 import signal
 import sqlite3
 from pathlib import Path
@@ -10,13 +11,13 @@ from typing import Optional
 
 import typer
 
+from sbt_cli import sigterm_as_interrupt
+
 from sbt_core.errors import SbtError
+from sbt_core.settings import FLAG_HELP
 
 DB_HELP = "results database (default: $SBT_DB, else results.db at the repository root)"
 
-
-def _sigterm_as_interrupt(signum, frame):  # pragma: no cover
-    raise KeyboardInterrupt
 
 
 def iterate_cmd(
@@ -35,6 +36,8 @@ def iterate_cmd(
     lr: float = typer.Option(5e-4, "--lr", min=0.0, help="fine-tuning learning rate"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="fine-tuning batch size"),
     threads: int = typer.Option(0, "--threads", min=0, help="torch threads for fine-tuning (0: default)"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="searches and evaluations: " + FLAG_HELP["dtype"]),
+    device: Optional[str] = typer.Option(None, "--device", help="searches and evaluations: " + FLAG_HELP["device"]),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for the per-round files and models (default: runs/iterate/<experiment>)"),
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
     seed: int = typer.Option(0, "--seed", help="seed of the train slices, the searches and the fine-tuning"),
@@ -53,8 +56,10 @@ def iterate_cmd(
     from harness.store import open_store
     from sbt_core.limits import MAX_TRAIN_TOKENS, check_range
     from sbt_core.models import default_model
+    from sbt_core.settings import backend_options
 
     check_range(tokens, "--tokens", 1, MAX_TRAIN_TOKENS)  # (before int(): nan, inf)
+    options = backend_options("torch", dtype=dtype, device=device)
     if continue_:
         if restart_from not in ("base", "previous"):
             raise SbtError(f"--restart-from must be base or previous, got {restart_from!r}")
@@ -85,10 +90,11 @@ def iterate_cmd(
                       f"{info['tokens_per_s']:,.0f} tok/s")
 
     it = Iteration(cfg, None, log=lambda m: err.print(m, markup=False, soft_wrap=True),  # type: ignore[arg-type]
-                   observer_factory=observer_factory, on_train_step=None if quiet else on_train_step)
+                   observer_factory=observer_factory, on_train_step=None if quiet else on_train_step,
+                   backend_factory=_with_options(options) if options else None)
     it.preflight()  # the model and the data resolve before the database is touched
     store = it.store = open_store(db)
-    old = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    old = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     try:
         try:
             rows = it.run()
@@ -110,3 +116,12 @@ def iterate_cmd(
 
 def register(app: typer.Typer) -> None:
     app.command("iterate")(iterate_cmd)
+
+
+def _with_options(options):
+    """The default model factory with ``--dtype`` / ``--device`` applied."""
+    from harness.iterate import torch_backend_factory
+
+    factory = functools.partial(torch_backend_factory, options=options)
+    factory.same_for_all_roles = True  # type: ignore[attr-defined]
+    return factory

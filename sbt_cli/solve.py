@@ -13,6 +13,7 @@ from sbt_core.errors import NoSolutionError, SbtError
 from sbt_core.search import METHODS, defaults_name, method_params
 from sbt_core.solver import is_solvable
 from sbt_core.search.events import Done
+from sbt_core.settings import FLAG_HELP, backend_options
 
 DEFAULT_METHOD = "self-backtrack"
 
@@ -23,6 +24,10 @@ def solve(
     model: Optional[str] = typer.Option(None, "--model", help="model name (in models/) or directory; "
                                         "default: countdown4-backtrack (countdown3-backtrack for 3 numbers)"),
     backend: str = typer.Option("torch", "--backend", help="torch|llama"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=FLAG_HELP["dtype"]),
+    device: Optional[str] = typer.Option(None, "--device", help=FLAG_HELP["device"]),
+    threads: Optional[int] = typer.Option(None, "--threads", help=FLAG_HELP["threads"]),
+    quant: Optional[str] = typer.Option(None, "--quant", help=FLAG_HELP["quant"]),
     n: Optional[int] = typer.Option(None, "--n", help="samples per expansion (default 16; dfs: 4)"),
     b: Optional[int] = typer.Option(None, "--b", help="self-backtrack: rounds of re-expansion (default 1)"),
     width: Optional[int] = typer.Option(None, "--width", help="beam: beam width (default 4)"),
@@ -35,16 +40,17 @@ def solve(
 ) -> None:
     """Solve a Countdown puzzle and verify the answer with the strict verifier."""
     try:
+        options = backend_options(backend, dtype=dtype, device=device, threads=threads, quant=quant)
         _solve(puzzle, method, model, backend, {"n": n, "b": b, "width": width, "nodes": nodes,
                                                  "temperature": temperature, "top_k": top_k},
-               seed, as_json, trace)
+               seed, as_json, trace, options)
     except SbtError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
 
 
 def _solve(text: str, method: str, model: str | None, backend_name: str, given: dict, seed: int,
-           as_json: bool, trace: bool) -> None:
+           as_json: bool, trace: bool, options=None) -> None:
     p = parse_puzzle(text)
     if method not in METHODS:
         raise SbtError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -63,7 +69,7 @@ def _solve(text: str, method: str, model: str | None, backend_name: str, given: 
                                   "(checked by the exact solver)")
         from sbt_core.backends import load_backend
 
-        engine = load_backend(model, backend_name, n_numbers=len(p.numbers))
+        engine = load_backend(model, backend_name, n_numbers=len(p.numbers), options=options)
     console = Console(highlight=False)
     view = None
     if not as_json:

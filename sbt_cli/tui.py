@@ -7,12 +7,18 @@ from typing import Optional
 
 import typer
 
+from sbt_core.settings import FLAG_HELP
+
 
 def tui(
     puzzle: Optional[str] = typer.Argument(None, help='the puzzle, e.g. "25 5 2 7 -> 92" (optional)'),
     method: str = typer.Option("self-backtrack", "--method", "-m", help="search method (or `demo`: simulated, no model)"),
     model: Optional[str] = typer.Option(None, "--model", help="model name or directory"),
     backend: str = typer.Option("torch", "--backend", help="torch|llama|scripted"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=FLAG_HELP["dtype"]),
+    device: Optional[str] = typer.Option(None, "--device", help=FLAG_HELP["device"]),
+    threads: Optional[int] = typer.Option(None, "--threads", help=FLAG_HELP["threads"]),
+    quant: Optional[str] = typer.Option(None, "--quant", help=FLAG_HELP["quant"]),
     n: int = typer.Option(8, "--n", help="samples per expansion"),
     b: int = typer.Option(1, "--b", help="backtracking budget (rounds of re-expansion)"),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="sampling temperature (default: what "
@@ -29,6 +35,7 @@ def tui(
 
     from sbt_core.errors import SbtError
     from sbt_core.search.common import resolve_params
+    from sbt_core.settings import backend_options
 
     if speed not in SPEEDS:
         raise SbtError(f"--speed must be one of {', '.join(map(str, SPEEDS))}")
@@ -36,8 +43,9 @@ def tui(
     resolve_params({}, {"n": n, "b": b, "temperature": temperature}, names=["--{flag}"])
     # a puzzle that cannot be read opens the app with it in the box and the error under it
     loaded = load_trace_file(trace) if trace is not None else None
+    options = backend_options(backend, dtype=dtype, device=device, threads=threads, quant=quant)
     settings = Settings(method=method, n=n, b=b, temperature=temperature, seed=seed, model=model,  # None: per puzzle
-                        backend=backend, split=split)
+                        backend=backend, split=split, options=options)
     SbtApp(puzzle, settings, trace=loaded, speed=speed, db=db).run()
 
 

@@ -14,18 +14,19 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from . import settings
 from .countdown import shorten
 from .errors import SbtError
 from .limits import MAX_MODEL_DIM, MAX_MODEL_LAYERS
 
-MODELS_DIR = Path(os.environ.get("SBT_MODELS_DIR") or Path(__file__).resolve().parent.parent / "models")
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"  # the shipped models (SBT_MODELS_DIR: another folder)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 def models_dir() -> Path:
-    """The models folder, re-reading ``SBT_MODELS_DIR`` (tests may set it late)."""
-    env = os.environ.get("SBT_MODELS_DIR")
-    return Path(env) if env else MODELS_DIR
+    """The models folder: ``SBT_MODELS_DIR`` (read at each call: tests may set it late), else
+    models/ in the repository."""
+    return settings.models_dir() or MODELS_DIR
 
 
 def default_model(n_numbers: int = 4) -> str:

@@ -6,7 +6,7 @@ import sqlite3
 import subprocess
 
 import _bench_fakes as fakes
-from harness.store import open_store
+from harness.store import MIGRATIONS, open_store
 
 N = 120
 
@@ -38,7 +38,7 @@ def test_two_benches_different_runs_one_db(tmp_path):
     with open_store(db) as s:
         runs = s.runs()
         assert len(runs) == 2 and all(r["status"] == "done" for r in runs)
-        assert s.schema_version == ["m001_initial"] and s.db["_migrations"].count == 1
+        assert s.schema_version == [name for name, _ in MIGRATIONS] and s.db["_migrations"].count == len(MIGRATIONS)
         for r in runs:
             assert s.count_results(r["id"])[0] == N
             assert s.done_indices(r["id"]) == set(range(N))

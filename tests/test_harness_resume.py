@@ -124,6 +124,44 @@ def test_bench_in_process_resume_and_models(tmp_path):
     assert derive_seed(3, 3) != derive_seed(3, 4) and derive_seed(3, 3) == derive_seed(3, 3)
 
 
+def test_a_database_from_before_backend_options_is_resumed(tmp_path, monkeypatch):
+    """Runs stored before backend options were part of a run (schema m001, keys without
+    options) are found and continued; a run with other options gets a row of its own."""
+    import harness.store as store_mod
+    from sbt_core.settings import BackendOptions
+
+    class TorchLike(fakes.FakeBackend):  # a loaded backend that reports its resolved options
+        backend_name = "torch"
+
+        def __init__(self, model, options=None):
+            super().__init__(model)
+            self.options = options or BackendOptions()
+
+    path, db = tmp_path / "p.jsonl", tmp_path / "old.db"
+    fakes.make_puzzles(path, 6)
+    specs = plan_matrix(["fake-model"], [2], [0], ["a"])
+    with monkeypatch.context() as old:  # the store as it was: m001 only
+        old.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:1])
+        old.setattr(store_mod, "KNOWN_MIGRATIONS", {"m001_initial"})
+        with open_store(db) as s:
+            (first,) = Bench(s, specs, split=None, puzzles_file=path, limit=3,
+                             load_backend=lambda m, b, n: TorchLike(m)).run()
+            assert "backend_options" not in s.db["runs"].columns_dict
+            old_key = s.run(first.run_id)["key"]
+    with store_mod.open_store_readonly(db) as s:  # readers need not migrate it
+        assert s.schema_version == ["m001_initial"] and len(s.runs()) == 1
+    with open_store(db) as s:
+        assert s.schema_version == ["m001_initial", "m002_backend_options"]
+        load = lambda m, b, n, options=None: TorchLike(m, options)  # noqa: E731
+        (again,) = Bench(s, specs, split=None, puzzles_file=path, load_backend=load).run()
+        assert (again.run_id, again.new, again.n) == (first.run_id, 3, 6)  # resumed: only the 3 missing puzzles
+        assert s.run(again.run_id)["key"] == old_key and s.run(again.run_id)["backend_options"] is None
+        (bf16,) = Bench(s, specs, split=None, puzzles_file=path, load_backend=load,
+                        options=BackendOptions(dtype="bfloat16", threads=3)).run()
+        assert bf16.run_id != first.run_id and bf16.new == 6
+        assert s.run(bf16.run_id)["backend_options"] == '{"dtype":"bfloat16"}'  # threads: speed, not identity
+
+
 def test_unknown_split_is_a_clear_error(tmp_path):
     s = open_store(":memory:")
     with pytest.raises(SbtError, match="split file not found"):

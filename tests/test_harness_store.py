@@ -45,7 +45,7 @@ def test_reopen_is_idempotent_and_keeps_data(tmp_path):
     schema = sqlite_utils.Database(path).schema
     for _ in range(2):
         with open_store(path) as s:
-            assert s.schema_version == ["m001_initial"]
+            assert s.schema_version == [name for name, _ in store_mod.MIGRATIONS]
             assert s.db["_migrations"].count == len(store_mod.MIGRATIONS)
             assert s.db["runs"].count == 1 and s.db["results"].count == 1
     assert sqlite_utils.Database(path).schema == schema
@@ -65,7 +65,7 @@ def test_new_migration_applied_once_on_open(tmp_path, monkeypatch):
     with open_store(path) as s:
         assert "note" in s.db["runs"].columns_dict
     with open_store(path) as s:
-        assert s.schema_version == ["m001_initial", "m002_note"]
+        assert s.schema_version == [name for name, _ in store_mod.MIGRATIONS]  # m002_note last
     assert calls == [1]
 
 

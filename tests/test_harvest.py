@@ -294,3 +294,21 @@ def test_a_harvest_record_from_before_mistakes_resumes(tmp_path, data_dir):
     assert grown["done"] == 16
     with pytest.raises(SbtError, match="other settings"):
         harvest(HarvestConfig(**{**cfg.__dict__, "mistakes": 1}), out, backend, log=lambda m: None)
+
+
+def test_a_harvest_with_other_backend_options_does_not_resume_the_file(tmp_path, data_dir):
+    from sbt_core.settings import BackendOptions
+
+    cfg = HarvestConfig(model="scripted", numbers=3, data=str(data_dir), puzzles=8, n=2)
+    out = tmp_path / "paths.jsonl"
+
+    def backend(**options):
+        b = ScriptedBackend(default=half_right, model_name="scripted")
+        b.backend_name = "torch"  # a torch model's identity: dtype, device and implementation count
+        b.options = BackendOptions(**options)
+        return b
+
+    harvest(cfg, out, backend(), log=lambda m: None)
+    harvest(cfg, out, backend(), log=lambda m: None)  # same options: resumes
+    with pytest.raises(SbtError, match="other settings.*backend_options"):
+        harvest(cfg, out, backend(dtype="bfloat16"), log=lambda m: None)

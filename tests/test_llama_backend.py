@@ -243,3 +243,18 @@ def test_identical_samples_share_one_sequence(f32):
     before = f32.n_decoded
     spread = f32.sample([PROMPTS[2]], 16, 1.0, 30, seed=0)[0]
     assert f32.n_decoded - before <= sum(c.n_tokens for c in spread) + 1
+
+
+def test_options_pick_the_gguf_and_are_recorded_as_resolved(model_dir, f32, monkeypatch):
+    from sbt_core.settings import BackendOptions
+
+    assert f32.options.flash_attn is None and f32.options.identity("llama") == {}  # off: the f32 default
+    monkeypatch.setenv("SBT_LLAMA_QUANT", "f16")  # the environment is the fallback...
+    assert load_backend(str(model_dir), "llama").quant == "f16"
+    tuned = load_backend(str(model_dir), "llama", options=BackendOptions(quant="f32", seqs=4, slots=2))  # ...options win
+    assert tuned.quant == "f32" and (tuned.S, tuned.P) == (4, 2)
+    assert tuned.options.identity("llama") == {"seqs": 4, "slots": 2}
+    flash = LlamaBackend(model_dir, BackendOptions(flash_attn=True), quant="f32", seqs=4, slots=2)
+    assert flash.options.identity("llama") == {"seqs": 4, "slots": 2, "flash_attn": True}
+    q8 = LlamaBackend(model_dir, BackendOptions(flash_attn=True), quant="q8_0", seqs=4, slots=2)
+    assert q8.options.flash_attn is None  # on is the default of a quantized GGUF

@@ -191,13 +191,38 @@ def test_model_calls_run_on_the_inference_threads_and_restore_torch_count(model_
 
 def test_inference_threads_defaults(monkeypatch):
     from sbt_core.backends.base import inference_threads
+    from sbt_core.settings import BackendOptions
 
     monkeypatch.delenv("SBT_NUM_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert inference_threads(3_000_000) == 1
     assert inference_threads(200_000_000) is None  # large: the library's default
     assert inference_threads(200_000_000, 3) == 3
-    monkeypatch.setenv("OMP_NUM_THREADS", "4")
-    assert inference_threads(3_000_000) == 4
-    monkeypatch.setenv("OMP_NUM_THREADS", "zero")
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the environment is read by the settings, not here
     assert inference_threads(3_000_000) == 1
+    assert inference_threads(3_000_000, BackendOptions.from_env().threads) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "zero")
+    assert inference_threads(3_000_000, BackendOptions.from_env().threads) == 1
+
+
+def test_options_reach_the_model_and_are_recorded_as_resolved(model_dir, monkeypatch):
+    from sbt_core.settings import BackendOptions
+
+    for k in ("SBT_DTYPE", "SBT_DEVICE", "SBT_TORCH_IMPL"):
+        monkeypatch.delenv(k, raising=False)
+    plain = TorchBackend(model_dir)
+    assert plain.options.identity("torch") == {} and next(plain.model.parameters()).dtype == torch.float32
+    bf = TorchBackend(model_dir, BackendOptions(dtype="bf16", threads=2))
+    assert next(bf.model.parameters()).dtype == torch.bfloat16 and bf.threads == 2
+    assert bf.options.identity("torch") == {"dtype": "bfloat16"}
+    monkeypatch.setenv("SBT_DTYPE", "bfloat16")  # the environment is the fallback...
+    assert load_backend(str(model_dir)).options.identity("torch") == {"dtype": "bfloat16"}
+    assert next(TorchBackend(model_dir, BackendOptions()).model.parameters()).dtype == torch.float32  # ...options win
+    # the implementation and the device as resolved: asking for what "auto" picks is the default
+    assert TorchBackend(model_dir, BackendOptions(torch_impl="compact")).options.identity("torch") == {}
+    hf = TorchBackend(model_dir, BackendOptions(torch_impl="transformers"))
+    assert hf.options.identity("torch") == {"torch_impl": "transformers"}
+    if not torch.cuda.is_available():
+        assert TorchBackend(model_dir, BackendOptions(device="auto")).options.identity("torch") == {}
+        with pytest.raises(SbtError, match="no CUDA device"):
+            TorchBackend(model_dir, BackendOptions(device="cuda"))

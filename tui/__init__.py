@@ -2,5 +2,5 @@
 
 ``tui.app.SbtApp`` is the app; ``tui.state`` is its pure view model of the search event
 stream; ``tui.sources`` holds the event sources (live search, stored traces, splits);
-``tui.demo`` a simulated search for use without a model.
+``tui.demo`` the self-backtracking search over a simulated model, for use without one.
 """

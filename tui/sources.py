@@ -41,6 +41,7 @@ class Settings:
     backend: str = "torch"
     split: str = "test_new"
     extra: dict = field(default_factory=dict)
+    options: object = None  # sbt_core.settings.BackendOptions from the command line (None: the environment)
 
     def params_for(self, puzzle: Puzzle) -> dict:
         """The method parameters for this puzzle: an unset temperature is the one the model
@@ -84,7 +85,7 @@ def open_backend(settings: Settings, puzzle: Puzzle):
     except ImportError as exc:
         raise ModelUnavailable(f"model backends are not available in this build ({exc})") from None
     try:
-        return load_backend(settings.model, settings.backend, len(puzzle.numbers))
+        return load_backend(settings.model, settings.backend, len(puzzle.numbers), options=settings.options)
     except SbtError as exc:
         raise ModelUnavailable(str(exc)) from None
     except (ImportError, OSError) as exc:
@@ -156,8 +157,10 @@ def load_trace_file(path: str | os.PathLike) -> Trace:
 
 
 def default_db() -> Path:
-    env = os.environ.get("SBT_DB")
-    return Path(env) if env else REPO_ROOT / "results.db"
+    """``$SBT_DB`` if set, else results.db at the repository root (``harness.store``)."""
+    from harness.store import default_db_path
+
+    return default_db_path()
 
 
 def _connect(db: Path) -> sqlite3.Connection:

@@ -1,6 +1,6 @@
 """Model backends behind one protocol (``base.Backend``); heavy imports stay inside each.
 
-``load_backend(model, backend)`` resolves a model name or directory and opens it with
+``load_backend(model, backend, n_numbers, options)`` resolves a model name or directory and opens it with
 the torch (transformers) or llama.cpp backend; ``scripted.ScriptedBackend`` needs no
 model at all.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 
 from ..errors import SbtError
+from ..settings import BackendOptions
 from .base import Backend, Completion
 
 BACKENDS = ("torch", "llama")
@@ -19,9 +20,11 @@ def llama_available() -> bool:
     return importlib.util.find_spec(f"{__name__}.llama_backend") is not None
 
 
-def load_backend(model: str | None = None, backend: str = "torch", n_numbers: int = 4) -> Backend:
+def load_backend(model: str | None = None, backend: str = "torch", n_numbers: int = 4,
+                 options: BackendOptions | None = None) -> Backend:
     """Open ``model`` (a name in models/, a directory, or None for the default model
-    for ``n_numbers`` inputs) with ``backend`` ("torch" or "llama")."""
+    for ``n_numbers`` inputs) with ``backend`` ("torch" or "llama") and ``options``
+    (``sbt_core.settings.BackendOptions``; None: from the environment)."""
     from ..models import default_model, resolve_model
 
     if backend not in BACKENDS:
@@ -31,11 +34,11 @@ def load_backend(model: str | None = None, backend: str = "torch", n_numbers: in
     if backend == "llama":  # a GGUF: a .gguf file or a directory holding one (weights optional)
         from .llama_backend import LlamaBackend, resolve_gguf_model  # type: ignore[import-not-found]
 
-        return LlamaBackend(resolve_gguf_model(model or default_model(n_numbers)))
+        return LlamaBackend(resolve_gguf_model(model or default_model(n_numbers)), options)
     path = resolve_model(model or default_model(n_numbers))
     from .torch_backend import TorchBackend
 
-    return TorchBackend(path)
+    return TorchBackend(path, options)
 
 
 __all__ = ["Backend", "Completion", "load_backend", "BACKENDS"]

@@ -8,7 +8,6 @@ completions are the text generated after the prompt.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -17,15 +16,16 @@ SMALL_MODEL_PARAMS = 50_000_000
 
 
 def inference_threads(n_params: int, explicit: int | str | None = None) -> int | None:
-    """Threads for inference: ``explicit``, else ``SBT_NUM_THREADS`` / ``OMP_NUM_THREADS``,
-    else 1 for models under 50M parameters (None: the library's default).
+    """Threads for inference: ``explicit`` (``BackendOptions.threads``: ``--threads``,
+    ``SBT_NUM_THREADS`` or ``OMP_NUM_THREADS``), else 1 for models under 50M parameters
+    (None: the library's default).
 
     A small model's decoding is hundreds of tiny ops per token; on 2 cores a second thread
     costs more in wake-ups than it gains (torch self-backtrack N=16 b=1 on Countdown-4, per
     puzzle: 0.44 s on 1 thread vs 0.94 s on 2 sleeping threads (OMP_WAIT_POLICY=PASSIVE);
     2 spinning threads 0.41 s idle but 1.30 s beside one busy process, where 1 thread stays
     at 0.45 s; ``benchmarks/bench_threads.py``)."""
-    n = explicit or os.environ.get("SBT_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    n = explicit
     if n and str(n).isdigit() and int(n) > 0:
         return int(n)
     return 1 if n_params < SMALL_MODEL_PARAMS else None
@@ -67,10 +67,6 @@ class Completion:
         """Negative log-perplexity of the completion (0.0 for an empty one)."""
         lps = self.token_logprobs
         return float(sum(lps) / len(lps)) if lps else 0.0
-
-    @property
-    def sum_logprob(self) -> float:
-        return float(sum(self.token_logprobs))
 
 
 @runtime_checkable

@@ -22,11 +22,11 @@ KV cache (one unified cache, several sequences):
   sample still draws its own tokens. Finished sequences are removed at once. Requests with
   more than ``S`` samples, or more than ``P`` distinct prompts, run in groups.
 
-Threads: ``SBT_NUM_THREADS`` / ``OMP_NUM_THREADS``, else 1 for small models. Tuning:
-``SBT_LLAMA_SEQS`` (S, default 32), ``SBT_LLAMA_SLOTS`` (P, default 16),
-``SBT_LLAMA_VERBOSE=1`` shows llama.cpp's log, ``SBT_LLAMA_FLASH_ATTN=0|1`` (default: on,
-off for an f32 GGUF, which stays the exact reference), ``SBT_LLAMA_KV_UNIFIED=0`` (one KV
-stream per sequence; slower here). No torch import on this path.
+Options (``sbt_core.settings.BackendOptions``; flags, else ``SBT_*`` variables): threads
+(``--threads``, else 1 for small models), quant (``--quant``: which GGUF), seqs (S, default
+32), slots (P, default 16), flash_attn (default: on, off for an f32 GGUF, which stays the
+exact reference), kv_unified (off: one KV stream per sequence; slower here);
+``SBT_LLAMA_VERBOSE=1`` shows llama.cpp's log. No torch import on this path.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import os
 from collections import deque
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -42,6 +43,7 @@ import numpy as np
 from ..countdown import shorten
 from ..errors import SbtError
 from ..limits import LLAMA_MAX_CONTEXT
+from ..settings import BackendOptions, llama_verbose
 from ..trace import BACKTRACK, GOAL
 from .base import Completion, finish_reason, inference_threads
 from .light_tokenizer import special_ids
@@ -66,7 +68,7 @@ def import_llama_cpp(needed_for: str = "the llama backend"):
         raise SbtError(f"{needed_for} needs llama-cpp-python, which is not installed ({exc}); {INSTALL_HINT}") from None
     except OSError as exc:  # the shared library did not load
         raise SbtError(f"{needed_for}: llama-cpp-python is installed but its library does not load ({exc})") from None
-    verbose = bool(os.environ.get("SBT_LLAMA_VERBOSE"))
+    verbose = llama_verbose()
 
     @llama_cpp.llama_log_callback
     def _log(level, text, user_data):  # keep the last lines for error messages
@@ -105,7 +107,8 @@ def _quant_of(path: Path) -> str:
 
 def find_gguf(path: str | os.PathLike, quant: str | None = None) -> Path:
     """The GGUF to load for ``path``: a ``.gguf`` file, or one in a model directory
-    (``quant`` or ``SBT_LLAMA_QUANT`` picks one; default q8_0, then f16, f32, q4_k_m, q4_0)."""
+    (``quant``, i.e. ``--quant`` / ``SBT_LLAMA_QUANT``, picks one; default q8_0, then f16,
+    f32, q4_k_m, q4_0)."""
     p = Path(path).expanduser()
     if p.is_file():
         return p
@@ -115,7 +118,7 @@ def find_gguf(path: str | os.PathLike, quant: str | None = None) -> Path:
     if not files:
         raise SbtError(f"the llama backend needs a GGUF and {p} has none; "
                        f"make one with `sbt export gguf {p} --quant q8_0`")
-    want = quant or os.environ.get("SBT_LLAMA_QUANT")
+    want = quant
     if want:
         hit = [f for f in files if _quant_of(f) == want.lower()]
         if not hit:
@@ -141,15 +144,20 @@ def resolve_gguf_model(name_or_path: str | os.PathLike) -> Path:
 
 
 class LlamaBackend:
-    """A GGUF model behind the ``Backend`` protocol (see the module docstring)."""
+    """A GGUF model behind the ``Backend`` protocol (see the module docstring).
+
+    ``options``: a ``BackendOptions`` (None: from the environment); the keyword arguments
+    override it. ``self.options`` are the options as resolved (flash_attn None when it is
+    the default for this GGUF), the ones a stored run records."""
 
     backend_name = "llama"
 
-    def __init__(self, path: str | os.PathLike, quant: str | None = None, threads: int | None = None,
-                 seqs: int | None = None, slots: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, options: BackendOptions | None = None, *, quant: str | None = None,
+                 threads: int | None = None, seqs: int | None = None, slots: int | None = None) -> None:
+        options = (options or BackendOptions.from_env()).override(quant=quant, threads=threads, seqs=seqs, slots=slots)
         ll = import_llama_cpp()
         self._ll = ll
-        self.gguf_path = find_gguf(path, quant).resolve()
+        self.gguf_path = find_gguf(path, options.quant).resolve()
         self.quant = _quant_of(self.gguf_path)
         folder = self.gguf_path.parent
         given = Path(path).expanduser()
@@ -172,13 +180,7 @@ class LlamaBackend:
         self.n_ctx = max(1, min(self.n_ctx_train, LLAMA_MAX_CONTEXT))
         self._load_tokenizer(folder)
         # context: prompt slots + sample sequences, each bounded by the model's context length
-        try:
-            self.S = max(1, int(seqs or os.environ.get("SBT_LLAMA_SEQS") or 32))
-            self.P = max(1, int(slots or os.environ.get("SBT_LLAMA_SLOTS") or 16))
-        except ValueError:
-            raise SbtError("SBT_LLAMA_SEQS and SBT_LLAMA_SLOTS must be whole numbers") from None
-        if self.S + self.P > 256:
-            raise SbtError("SBT_LLAMA_SEQS + SBT_LLAMA_SLOTS must be at most 256")
+        self.S, self.P = options.seqs, options.slots  # (checked by BackendOptions: S + P <= 256)
         cparams = ll.llama_context_default_params()
         cparams.n_ctx = (self.S + self.P) * self.n_ctx
         cparams.n_batch = cparams.n_ubatch = max(512, self.S)
@@ -186,18 +188,22 @@ class LlamaBackend:
         fields = {f[0] for f in type(cparams)._fields_}
         # one KV cache for all sequences: prompt cells are shared, not copied (faster here
         # than one stream per sequence; SBT_LLAMA_KV_UNIFIED=0 switches to streams)
-        self.unified = os.environ.get("SBT_LLAMA_KV_UNIFIED", "1") != "0"
+        self.unified = options.kv_unified
         if "kv_unified" in fields:
             cparams.kv_unified = self.unified
+        flash = None
         if "flash_attn_type" in fields:
             # flash attention skips the masked cells of the other sequences (~1.35x faster at
             # N=32) but rounds through f16: off for an f32 GGUF, the exact reference
-            default = "0" if self.quant == "f32" else "1"
-            cparams.flash_attn_type = int(os.environ.get("SBT_LLAMA_FLASH_ATTN", default) != "0")
+            default = self.quant != "f32"
+            flash = default if options.flash_attn is None else options.flash_attn
+            cparams.flash_attn_type = int(flash)
+            flash = None if flash == default else flash
+        self.options = replace(options, flash_attn=flash)
         cparams.no_perf = True
         if self.quant == "f32":  # f32 KV cache for an f32 model: parity with torch
             cparams.type_k = cparams.type_v = 0
-        n_threads = self._threads(threads)
+        n_threads = self._threads(options.threads)
         cparams.n_threads = cparams.n_threads_batch = n_threads
         ctx = ll.llama_init_from_model(model, cparams)
         if not ctx:

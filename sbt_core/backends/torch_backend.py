@@ -9,10 +9,11 @@ a row splits when its samples draw different tokens, finished rows are dropped o
 a quarter of the batch. Every sample still draws from its own row's distribution in sample
 order, so the draws (and outputs) equal one cache row per sample; every call draws from its
 own seeded ``torch.Generator``. Beam search uses transformers'
-``generate``. All log-probs are of the untempered distribution. Threads:
-``SBT_NUM_THREADS`` or ``OMP_NUM_THREADS``, else 1 for models under 50M parameters (each
-call sets them and restores torch's count after; ``base.inference_threads``); dtype: ``SBT_DTYPE``
-(float32 | bfloat16); device: ``SBT_DEVICE`` (cpu | cuda | auto).
+``generate``. All log-probs are of the untempered distribution. Options
+(``sbt_core.settings.BackendOptions``: flags, else ``SBT_*`` variables): threads
+(``--threads``, else 1 for models under 50M parameters; each call sets them and restores
+torch's count after; ``base.inference_threads``), dtype (float32 | bfloat16), device
+(cpu | cuda | auto), torch_impl (auto | compact | transformers).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import os
 from functools import cached_property
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spinning on busy CPUs
+from ..settings import BackendOptions, passive_openmp
+
+passive_openmp()  # OMP_WAIT_POLICY=PASSIVE unless set, before torch loads OpenMP: no spinning on busy CPUs
 
 import torch  # noqa: E402
 
@@ -32,7 +35,7 @@ from ..errors import SbtError  # noqa: E402
 from ..trace import BACKTRACK, GOAL  # noqa: E402
 from .base import Completion, finish_reason, inference_threads  # noqa: E402
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # BackendOptions.dtype (aliases normalised there)
 
 
 COMPACT_AT = 4  # drop finished rows from the batch once they are a quarter of it (each drop copies the cache)
@@ -97,20 +100,20 @@ def load_tokenizer(path: Path, light: bool = False):
     return AutoTokenizer.from_pretrained(path)
 
 
-def load_model(path: Path, dtype: torch.dtype, impl: str | None = None):
-    """The model and its tokenizer: ``compact_llama`` where it applies, else transformers."""
-    impl = impl or os.environ.get("SBT_TORCH_IMPL") or "auto"
+def load_model(path: Path, dtype: torch.dtype, impl: str = "auto"):
+    """The model, its tokenizer and the implementation that runs it ("auto" when it is the
+    one ``auto`` picks): ``compact_llama`` where it applies, else transformers."""
     if impl not in ("auto", "compact", "transformers"):
-        raise SbtError(f"unknown SBT_TORCH_IMPL {impl!r}; choose auto, compact or transformers")
-    if impl != "transformers":
-        from .compact_llama import CompactLlama, unsupported_reason
+        raise SbtError(f"unknown torch_impl {impl!r}; choose auto, compact or transformers")
+    from .compact_llama import CompactLlama, unsupported_reason
 
-        reason = unsupported_reason(path)
+    reason = unsupported_reason(path)
+    if impl != "transformers":
         if reason is None:
-            return CompactLlama.from_dir(path, dtype), load_tokenizer(path, light=True)
+            return CompactLlama.from_dir(path, dtype), load_tokenizer(path, light=True), "auto"
         if impl == "compact":
             raise SbtError(f"cannot run {path} without transformers: {reason}")
-    return load_hf_model(path, dtype), load_tokenizer(path)
+    return load_hf_model(path, dtype), load_tokenizer(path), "auto" if reason is not None else impl
 
 
 def load_hf_model(path: Path, dtype: torch.dtype):
@@ -148,45 +151,59 @@ def check_hf_weights(path: Path) -> None:
                   extra_ok=True)
 
 
-def _pick_device(device: str | None) -> torch.device:
-    device = device or os.environ.get("SBT_DEVICE") or "cpu"
+def _pick_device(device: str) -> torch.device:
+    """``BackendOptions.device`` as a torch device ("auto": cuda when there is one); one
+    line when the device is not here."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SbtError(f"device {device!r}: torch sees no CUDA device here; use --device cpu (or auto)")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise SbtError(f"device {device!r}: torch sees no MPS device here; use --device cpu (or auto)")
     return torch.device(device)
 
 
 class TorchBackend:
-    """A causal LM and its tokenizer, behind the ``Backend`` protocol."""
+    """A causal LM and its tokenizer, behind the ``Backend`` protocol.
+
+    ``options``: a ``BackendOptions`` (None: from the environment); ``dtype`` / ``device``
+    override it. ``self.options`` are the options as resolved (device "auto" -> the device
+    used), the ones a stored run records."""
 
     backend_name = "torch"
 
-    def __init__(self, path: str | os.PathLike, dtype: str | None = None, device: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, options: BackendOptions | None = None, *,
+                 dtype: str | None = None, device: str | None = None) -> None:
         self.path = Path(path)
-        name = dtype or os.environ.get("SBT_DTYPE") or "float32"
-        if name not in DTYPES:
-            raise SbtError(f"unknown dtype {name!r}; choose float32 or bfloat16")
-        self._dtype = DTYPES[name]
+        options = (options or BackendOptions.from_env()).override(dtype=dtype, device=device)
+        options = options.override(device=str(_pick_device(options.device)))  # (before the weights load)
+        self._dtype = DTYPES[options.dtype]
         try:
-            model, tokenizer = load_model(self.path, self._dtype)
+            model, tokenizer, impl = load_model(self.path, self._dtype, options.torch_impl)
         except SbtError:
             raise
         except Exception as exc:  # corrupt or incompatible checkpoint: one clear line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise SbtError(f"cannot load model from {self.path}: {type(exc).__name__}: {shorten(first, 200)}") from None
-        self._setup(model, tokenizer, self.path.name, _pick_device(device))
+        self._setup(model, tokenizer, self.path.name, options.override(torch_impl=impl))
 
     @classmethod
-    def from_model(cls, model, tokenizer, name: str = "in-memory", device: str | None = None) -> "TorchBackend":
+    def from_model(cls, model, tokenizer, name: str = "in-memory", device: str | None = None,
+                   options: BackendOptions | None = None) -> "TorchBackend":
         """Wrap an already loaded model and tokenizer (tests, training loops)."""
         self = cls.__new__(cls)
         self.path = None
-        self._setup(model, tokenizer, name, _pick_device(device))
+        weights = next((k for k, v in DTYPES.items() if v == next(model.parameters()).dtype), None)
+        self._setup(model, tokenizer, name, (options or BackendOptions.from_env()).override(device=device, dtype=weights))
         self.__dict__["model_sha256"] = ""
         return self
 
-    def _setup(self, model, tokenizer, name: str, device: torch.device) -> None:
+    def _setup(self, model, tokenizer, name: str, options: BackendOptions) -> None:
+        device = _pick_device(options.device)
+        self.options = options.override(device=str(device))
         self.model = model.to(device).eval()
-        self.threads = inference_threads(sum(p.numel() for p in model.parameters()))  # None: torch's
+        self.threads = inference_threads(sum(p.numel() for p in model.parameters()), options.threads)  # None: torch's
         self._threads = _Threads(self.threads)
         accepted = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in accepted else "past_key_values"
