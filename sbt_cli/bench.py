@@ -213,3 +213,35 @@ def runs_cmd(
         return t
 
     _stdout_console().print(read_only(db, table))
+
+
+@app.command("compare")
+def compare_cmd(
+    run_a: str = typer.Argument(..., help="a run id, or its label as `sbt bench runs` shows it (LABEL@MODEL if several)"),
+    run_b: str = typer.Argument(..., help="the other run"),
+    db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json"),
+) -> None:
+    """Two runs on their shared puzzles: accuracy of each, the difference with a 95% interval,
+    and the exact McNemar p-value."""
+    from rich.markup import escape
+
+    from harness.compare import compare
+    from harness.store import read_only
+    from sbt_core.files import strict_json
+
+    if fmt not in ("table", "json"):
+        raise SbtError(f"--format must be table or json, got {fmt!r}")
+    c = read_only(db, lambda store: compare(store, run_a, run_b))
+    if fmt == "json":
+        typer.echo(strict_json(c.to_json()))
+        return
+    out = _stdout_console()
+    for tag, run in (("A", c.run_a), ("B", c.run_b)):
+        out.print(escape(f"{tag}: run #{run['id']} {run['label']} · {run['model'] or '-'} · {run['split']}"))
+    if not c.n:
+        out.print("no shared puzzles: the two runs solved different puzzle sets")
+        return
+    out.print(f"shared puzzles {c.n:,}: A {c.a:.1%}, B {c.b:.1%}; A - B {100 * c.diff:+.1f} points "
+              f"(95% CI {100 * c.ci_low:+.1f} to {100 * c.ci_high:+.1f}); solved by both {c.both:,}, "
+              f"A only {c.only_a:,}, B only {c.only_b:,}, neither {c.neither:,}; McNemar exact p = {c.p_value:.3g}")
