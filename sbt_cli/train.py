@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from sbt_cli import option_given
 from sbt_core.errors import SbtError
 
 
@@ -19,6 +20,7 @@ def train_cmd(
     numbers: int = typer.Option(4, "--numbers", help="puzzle size; picks data/countdown<N>/ by default"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder from `sbt data generate`"),
     data: str = typer.Option("op+back", "--data", help="op (SFT baseline) or op+back (self-backtracking)"),
+    recipe: str = typer.Option("sbt", "--recipe", help="paper: the paper's data exactly (D_op + D_back 1:1, error kinds 1:2:2, prompt and wrong step masked; no goal-forcing, honest-last, weight average or extra data; options that would change it are refused) | sbt: sbt's defaults (adds --goal-forcing 0.5)"),
     back_ratio: float = typer.Option(1.0, "--back-ratio", help="|D_back| / |D_op|"),
     kinds: str = typer.Option("1:2:2", "--kinds", help="exploration:computational:rule error weights"),
     goal_forcing: float = typer.Option(0.5, "--goal-forcing", help="share of computational errors that are a last step claiming the target with wrong arithmetic"),
@@ -44,9 +46,18 @@ def train_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="log lines instead of a progress bar (the default when stderr is not a terminal, e.g. under nohup)"),
 ) -> None:
     """Train a Countdown model (optimal paths, or optimal paths + backtracking examples)."""
-    from training.config import TrainConfig
+    from training.config import RECIPES, TrainConfig
 
     # every setting is checked here, before torch loads and before anything is written
+    if recipe in RECIPES:  # the recipe's values, where the option was not given
+        given = {"back_ratio": back_ratio, "kind_weights": kinds, "goal_forcing": goal_forcing,
+                 "honest_last": honest_last, "ema": ema}
+        param = {"kind_weights": "kinds"}
+        for name, value in RECIPES[recipe].items():
+            if not option_given(ctx, param.get(name, name)):
+                given[name] = ":".join(f"{x:g}" for x in value) if name == "kind_weights" else value
+        back_ratio, kinds, goal_forcing, honest_last, ema = (given[k] for k in ("back_ratio", "kind_weights",
+                                                                               "goal_forcing", "honest_last", "ema"))
     try:
         weights = tuple(float(x) for x in kinds.split(":"))
     except ValueError:
@@ -59,7 +70,7 @@ def train_cmd(
                       batch_size=batch_size, lr=lr, seed=seed, eval_every=500 if eval_every is None else eval_every,
                       eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, compile=compile_, threads=threads, ema=ema,
                       paths_file=str(paths) if paths else None, extra_puzzles=str(extra_puzzles) if extra_puzzles else None,
-                      **({"max_tokens": int(tokens)} if tokens is not None else {}))
+                      preset=recipe, **({"max_tokens": int(tokens)} if tokens is not None else {}))
     if resume:
         cfg = _resumed_config(ctx, cfg, out)
     if not (Path(cfg.data_dir) / "train.jsonl").is_file():
@@ -113,7 +124,7 @@ _SETTING = {"data_dir": "data_dir", "data": "data", "back_ratio": "back_ratio", 
             "base_model": "base_model", "train_puzzles": "train_puzzles", "paths": "paths_file",
             "extra_puzzles": "extra_puzzles", "tokens": "max_tokens", "batch_size": "batch_size", "lr": "lr",
             "seed": "seed", "eval_every": "eval_every", "eval_puzzles": "eval_puzzles", "ckpt_every": "ckpt_every",
-            "precision": "precision", "compile_": "compile", "threads": "threads", "ema": "ema"}
+            "precision": "precision", "compile_": "compile", "threads": "threads", "ema": "ema", "recipe": "preset"}
 _PATHS = ("data_dir", "base_model", "paths_file", "extra_puzzles")
 
 
@@ -121,8 +132,6 @@ def _resumed_config(ctx: typer.Context, given, out: Path):
     """The checkpoint's config, in ``out`` (where the run lives now, whatever it was saved
     as), with the options that may change on resume taken from the command line; an
     option given explicitly with another value than the checkpoint's is refused."""
-    from click.core import ParameterSource
-
     from training import checkpoint as ckpt_io
     from training.config import FLAGS, RESUMABLE, TrainConfig
 
@@ -133,7 +142,7 @@ def _resumed_config(ctx: typer.Context, given, out: Path):
     saved = TrainConfig.from_saved({**ckpt_io.read_config(ckpt), "out": str(out)}, str(where))
 
     def explicit(param: str) -> bool:
-        return ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+        return option_given(ctx, param)
 
     def same(name: str) -> bool:
         a, b = getattr(given, name), getattr(saved, name)

@@ -412,3 +412,28 @@ def test_iterate_refuses_bad_settings_before_anything_runs(tmp_path, data_dir, b
                             "--out", str(tmp_path / "it"), "--db", str(tmp_path / "r.db"), "-q", *bad])
     one_error_line(r, needle)
     assert not list(tmp_path.iterdir())
+
+
+def test_resume_without_the_options_keeps_the_checkpoints_settings(tmp_path, data_dir):
+    """An option left at its default on --resume is not a change (only one given is): a run
+    made with --seed 3 --lr 0.01 resumes with neither given."""
+    out = tmp_path / "S"
+    assert runner.invoke(app, train_args(out, data_dir, "--seed", "3", "--lr", "0.01")).exit_code == 0
+    r = runner.invoke(app, train_args(out, data_dir, "--resume", "--tokens", "2500"))
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "training.json").read_text())["config"]
+    assert cfg["seed"] == 3 and cfg["lr"] == 0.01
+
+
+def test_recipe_paper_is_the_papers_data_and_refuses_what_would_change_it(tmp_path, data_dir):
+    out = tmp_path / "P"
+    r = runner.invoke(app, train_args(out, data_dir, "--recipe", "paper"))
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "training.json").read_text())["config"]
+    assert cfg["preset"] == "paper" and cfg["goal_forcing"] == 0.0 and cfg["honest_last"] == 0.0
+    assert cfg["back_ratio"] == 1.0 and list(cfg["kind_weights"]) == [1.0, 2.0, 2.0] and cfg["ema"] == 0.0
+    for extra, needle in ((["--goal-forcing", "0.5"], "--goal-forcing"), (["--kinds", "1:1:1"], "--kinds"),
+                          (["--back-ratio", "2"], "--back-ratio"), (["--ema", "0.99"], "--ema"),
+                          (["--extra-puzzles", str(data_dir / "val.jsonl")], "--extra-puzzles")):
+        one_error_line(runner.invoke(app, train_args(tmp_path / "Q", data_dir, "--recipe", "paper", *extra)), needle)
+    one_error_line(runner.invoke(app, train_args(out, data_dir, "--resume", "--recipe", "sbt")), "--recipe")

@@ -27,10 +27,22 @@ FLAGS = {"data_dir": "--data-dir", "data": "--data", "back_ratio": "--back-ratio
          "max_tokens": "--tokens", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed",
          "eval_every": "--eval-every", "eval_puzzles": "--eval-puzzles", "ckpt_every": "--ckpt-every",
          "precision": "--precision", "compile": "--compile", "threads": "--threads", "ema": "--ema",
-         "paths_file": "--paths", "extra_puzzles": "--extra-puzzles"}
+         "paths_file": "--paths", "extra_puzzles": "--extra-puzzles", "preset": "--recipe"}
 # settings that may differ between a run and its --resume: how long, how often to look, how
 # many threads; everything else defines the experiment (and ``out`` is where the run lives now)
 RESUMABLE = ("out", "max_tokens", "eval_every", "ckpt_every", "threads")
+
+# ``sbt train --recipe``: named data recipes. "paper" is the paper's data exactly: D_op +
+# D_back 1:1, error kinds exploration:computational:rule 1:2:2, prompt and wrong step
+# masked, solver paths only; nothing of sbt's own (no goal-forcing errors, no honest-last
+# examples, no weight average, no --paths / --extra-puzzles). "sbt" is sbt's default data,
+# which adds goal-forcing errors (half of the computational errors are a last step that
+# claims the target with wrong arithmetic); its values are defaults the options may change.
+RECIPES = {
+    "sbt": {"back_ratio": 1.0, "kind_weights": (1.0, 2.0, 2.0), "goal_forcing": 0.5, "honest_last": 0.0, "ema": 0.0},
+    "paper": {"back_ratio": 1.0, "kind_weights": (1.0, 2.0, 2.0), "goal_forcing": 0.0, "honest_last": 0.0, "ema": 0.0},
+}
+PAPER_EXCLUDES = ("paths_file", "extra_puzzles")  # not in the paper's data
 
 
 @dataclass
@@ -68,6 +80,7 @@ class TrainConfig:
     # a JSONL of puzzles ({"numbers", "target"}) whose solver paths are trained on too, on top
     # of train.jsonl or --paths (e.g. small-number puzzles: `sbt data generate --max-number 12`)
     extra_puzzles: str | None = None
+    preset: str = "sbt"  # --recipe: "paper" fixes the recipe settings to RECIPES["paper"]
 
     def __post_init__(self) -> None:
         self.kind_weights = tuple(self.kind_weights) if isinstance(self.kind_weights, (list, tuple)) else self.kind_weights
@@ -75,6 +88,16 @@ class TrainConfig:
 
     def check(self) -> None:
         """``SbtError`` (one line naming the option) for a setting no run can use."""
+        if self.preset not in RECIPES:
+            raise SbtError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.preset!r}")
+        if self.preset == "paper":
+            for name, value in RECIPES["paper"].items():
+                if getattr(self, name) != value:
+                    shown = ":".join(f"{x:g}" for x in value) if isinstance(value, tuple) else f"{value:g}"
+                    raise SbtError(f"--recipe paper fixes {FLAGS[name]} {shown}; drop {FLAGS[name]} or use --recipe sbt")
+            for name in PAPER_EXCLUDES:
+                if getattr(self, name):
+                    raise SbtError(f"--recipe paper trains on solver paths only; drop {FLAGS[name]} or use --recipe sbt")
         for name in ("out", "data_dir"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise SbtError(f"{FLAGS.get(name, '--out')} must be a path, got {getattr(self, name)!r}")
