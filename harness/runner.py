@@ -31,11 +31,12 @@ from typing import Any, Callable, Protocol, Sequence
 
 from sbt_core import settings
 from sbt_core.countdown import Puzzle
+from sbt_core.engine import solve
 from sbt_core.errors import SbtError
 from sbt_core.generate import read_puzzles
 from sbt_core.search import METHODS, method_params
 from sbt_core.search.common import resolve_params, show_value
-from sbt_core.search.events import Done, SearchResult
+from sbt_core.search.events import SearchResult
 
 from .store import REPO_ROOT, Store, canonical_json, puzzles_sha256
 
@@ -363,16 +364,7 @@ def result_row(index: int, puzzle: Puzzle, result: SearchResult, events: list | 
 
 
 def solve_one(method: str, puzzle: Puzzle, backend, params: dict, seed: int, trace: bool) -> tuple[SearchResult, list | None]:
-    events: list | None = [] if trace else None
-    result = None
-    for event in METHODS[method].run(puzzle, backend, dict(params), seed):
-        if events is not None:
-            events.append(event)
-        if isinstance(event, Done):
-            result = event.result
-    if result is None:
-        raise RuntimeError(f"method {method!r} ended without a Done event")
-    return result, events
+    return solve(backend, method, puzzle, params, seed, keep_events=trace)
 
 
 @dataclass
@@ -501,14 +493,12 @@ class Bench:
         for spec in self.specs:
             self.source_for(spec)
         if self.load_backend is None and any(s.needs_model for s in self.specs):
-            from sbt_core.backends import BACKENDS
-            from sbt_core.models import default_model, resolve_model
+            from sbt_core.backends import backend_spec, resolve_for
 
-            if self.backend not in BACKENDS:
-                raise SbtError(f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}")
+            backend_spec(self.backend)  # unknown or not in this build: one line
             for spec in self.specs:
-                if spec.needs_model:
-                    resolve_model(spec.model or default_model(self.n_numbers or infer_numbers(spec.model)))
+                if spec.needs_model:  # as the backend will resolve it (llama: a GGUF)
+                    resolve_for(self.backend, spec.model, self.n_numbers or infer_numbers(spec.model))
 
     def run(self) -> list[RunOutcome]:
         self.preflight()

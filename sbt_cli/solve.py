@@ -9,10 +9,10 @@ import typer
 from rich.console import Console
 
 from sbt_core.countdown import parse_puzzle
+from sbt_core import engine as core
 from sbt_core.errors import NoSolutionError, SbtError
-from sbt_core.search import METHODS, defaults_name, method_params
+from sbt_core.search import METHODS
 from sbt_core.solver import is_solvable
-from sbt_core.search.events import Done
 from sbt_core.settings import FLAG_HELP, backend_options
 
 DEFAULT_METHOD = "self-backtrack"
@@ -55,45 +55,33 @@ def _solve(text: str, method: str, model: str | None, backend_name: str, given: 
     if method not in METHODS:
         raise SbtError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     spec = METHODS[method]
-    engine, model_defaults, where = None, {}, None
-    if spec.needs_model:
-        from sbt_core.models import search_defaults
-
-        model_defaults = search_defaults(model, len(p.numbers))
-        where = defaults_name(model, len(p.numbers))
-    # every value is checked against the documented limits before any model loads
-    params = method_params(method, model_defaults, given, names=(where, "--{flag}"))
+    engine = core.Engine(model, backend_name, len(p.numbers), options)  # nothing loads yet
+    # the method's defaults, the model's search_defaults.json, the flags: every value is
+    # checked against the documented limits before any model loads
+    params = engine.params(method, given, names=("--{flag}",))
     if spec.needs_model:
         if not is_solvable(p.numbers, p.target):  # no search can verify; say so instead of searching
             raise NoSolutionError(f"{p} has no solution: no way of combining the numbers reaches {p.target} "
                                   "(checked by the exact solver)")
-        from sbt_core.backends import load_backend
-
-        engine = load_backend(model, backend_name, n_numbers=len(p.numbers), options=options)
+        backend = engine.backend  # resolves and opens the model
+    else:
+        backend = None
     console = Console(highlight=False)
     view = None
     if not as_json:
         from .solve_view import SearchView
 
-        where = f"  {engine.model_name} ({engine.backend_name})" if engine else ""
+        where = f"  {backend.model_name} ({backend.backend_name})" if backend else ""
         shown = " ".join(f"{'T' if k == 'temperature' else k}={v}" for k, v in params.items()
                          if k in ("n", "b", "width", "nodes", "temperature"))
         console.print(f"[bold]{p}[/]  {' '.join(filter(None, (method, shown)))}{where}")
         view = SearchView(console)
-    events, result = [], None
-    for event in spec.run(p, engine, params, seed):
-        if trace:
-            events.append(event)
-        if view is not None:
-            view(event)
-        if isinstance(event, Done):
-            result = event.result
-    assert result is not None
+    result, events = core.solve(backend, method, p, params, seed, keep_events=trace, on_event=view)
     if as_json:
         out = result.to_json()
-        if engine is not None:
-            out["model"] = engine.model_name
-            out["backend"] = engine.backend_name
+        if backend is not None:
+            out["model"] = backend.model_name
+            out["backend"] = backend.backend_name
         if trace:
             out["trace"] = [e.to_json() for e in events]
         typer.echo(json.dumps(out))

@@ -32,7 +32,7 @@ from .sources import (
     ModelUnavailable,
     Settings,
     Trace,
-    live_events,
+    live_search,
     method_names,
     needs_model,
     random_puzzle,
@@ -72,6 +72,10 @@ TICK = 0.05
 
 def speed_label(speed: int) -> str:
     return "instant" if speed == 0 else f"{speed} frame{'s' if speed > 1 else ''}/s"
+
+
+class _Stopped(Exception):
+    """Raised from a live search's event callback when the search is cancelled or replaced."""
 
 
 class SbtApp(App):
@@ -238,10 +242,15 @@ class SbtApp(App):
                 backend = self._backends.get(key)
                 if backend is None:
                     backend = self._backends[key] = open_backend(settings, puzzle)
-            for ev in live_events(puzzle, settings, backend):
+
+            def on_event(ev: Event) -> None:
                 if worker.is_cancelled or gen != self._gen:
-                    return
+                    raise _Stopped
                 self._post(self._on_event, gen, ev)
+
+            live_search(puzzle, settings, backend, on_event)
+        except _Stopped:
+            return
         except ModelUnavailable as exc:
             self._post(self._on_failure, gen, "No model found", str(exc), True)
         except SbtError as exc:

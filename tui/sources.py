@@ -12,11 +12,11 @@ import random
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
 from sbt_core.countdown import Puzzle
 from sbt_core.errors import SbtError
-from sbt_core.search.events import Done, Event, event_from_json
+from sbt_core.search.events import Done, Event, SearchResult, event_from_json
 
 from .demo import DEMO, demo_events
 
@@ -75,28 +75,28 @@ def needs_model(method: str) -> bool:
 
 
 def open_backend(settings: Settings, puzzle: Puzzle):
-    """The model backend for a live search; ``ModelUnavailable`` with a clear message otherwise."""
-    if settings.backend == "scripted":
-        from sbt_core.backends.scripted import ScriptedBackend, solver_continuation
-
-        return ScriptedBackend(default=solver_continuation)
+    """The model backend for a live search (``sbt_core.engine.open_model``: torch, llama or
+    the scripted perfect model); ``ModelUnavailable`` with a clear message otherwise."""
     try:
-        from sbt_core.backends import load_backend
+        from sbt_core.engine import open_model
     except ImportError as exc:
         raise ModelUnavailable(f"model backends are not available in this build ({exc})") from None
     try:
-        return load_backend(settings.model, settings.backend, len(puzzle.numbers), options=settings.options)
+        return open_model(settings.model, settings.backend, len(puzzle.numbers), options=settings.options).backend
     except SbtError as exc:
         raise ModelUnavailable(str(exc)) from None
     except (ImportError, OSError) as exc:
         raise ModelUnavailable(f"cannot open the model: {type(exc).__name__}: {exc}") from None
 
 
-def live_events(puzzle: Puzzle, settings: Settings, backend=None) -> Iterator[Event]:
-    """The event stream of one search with these settings (opens the backend if needed)."""
+def live_search(puzzle: Puzzle, settings: Settings, backend=None,
+                on_event: Callable[[Event], None] | None = None) -> SearchResult | None:
+    """One search with these settings (opens the backend if needed) through
+    ``sbt_core.engine``: ``on_event`` sees each event as it comes (it may raise to stop)."""
+    from sbt_core.engine import drain, solve
+
     if settings.method == DEMO:
-        yield from demo_events(puzzle, n=settings.n, b=settings.b, seed=settings.seed)
-        return
+        return drain(demo_events(puzzle, n=settings.n, b=settings.b, seed=settings.seed), on_event=on_event)[0]
     from sbt_core.search import METHODS
 
     spec = METHODS.get(settings.method)
@@ -104,7 +104,7 @@ def live_events(puzzle: Puzzle, settings: Settings, backend=None) -> Iterator[Ev
         raise SbtError(f"unknown method {settings.method!r}; choose one of: {', '.join(method_names())}")
     if spec.needs_model and backend is None:
         backend = open_backend(settings, puzzle)
-    yield from spec.run(puzzle, backend, settings.params_for(puzzle), settings.seed)
+    return solve(backend, settings.method, puzzle, settings.params_for(puzzle), settings.seed, on_event=on_event)[0]
 
 
 # --------------------------------------------------------------------------- stored traces
@@ -235,8 +235,10 @@ def stored_trace(rid: int, db: Path | None = None) -> Trace:
         conn.close()
     if row is None or not row["trace"]:
         raise SbtError(f"result {rid} has no stored trace")
+    from harness.store import trace_text  # (compressed, or JSON text in an older database)
+
     try:
-        events = json.loads(row["trace"])
+        events = json.loads(trace_text(row["trace"]))
     except ValueError:
         raise SbtError(f"result {rid}: its trace is not JSON") from None
     t = trace_from_json(events, label=f"results.db #{rid}")

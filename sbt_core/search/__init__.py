@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from ..countdown import Puzzle
-from .events import Done, Event, SearchResult
+from .events import Event, SearchResult
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,8 @@ def defaults_name(model: str | None, n_numbers: int = 4) -> str:
 
 
 def run_search(method: str, puzzle: Puzzle, backend=None, params: dict | None = None, seed: int = 0) -> SearchResult:
-    """Run a method to completion and return its result (events discarded)."""
-    result = None
-    for event in METHODS[method].run(puzzle, backend, params or {}, seed):
-        if isinstance(event, Done):
-            result = event.result
-    assert result is not None
-    return result
+    """Run a method to completion and return its result (events discarded):
+    ``sbt_core.engine.solve`` without the events."""
+    from ..engine import solve
+
+    return solve(backend, method, puzzle, params, seed)[0]
