@@ -56,16 +56,16 @@ def test_new_migration_applied_once_on_open(tmp_path, monkeypatch):
     open_store(path).close()
     calls = []
 
-    def m002(db):
+    def m999(db):
         calls.append(1)
         db["runs"].add_column("note", str)
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + [("m002_note", m002)])
-    monkeypatch.setattr(store_mod, "KNOWN_MIGRATIONS", store_mod.KNOWN_MIGRATIONS | {"m002_note"})
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + [("m999_note", m999)])
+    monkeypatch.setattr(store_mod, "KNOWN_MIGRATIONS", store_mod.KNOWN_MIGRATIONS | {"m999_note"})
     with open_store(path) as s:
         assert "note" in s.db["runs"].columns_dict
     with open_store(path) as s:
-        assert s.schema_version == [name for name, _ in store_mod.MIGRATIONS]  # m002_note last
+        assert s.schema_version == [name for name, _ in store_mod.MIGRATIONS]  # m999_note last
     assert calls == [1]
 
 

@@ -406,3 +406,68 @@ def test_train_cli_shows_a_bar_on_a_terminal_and_log_lines_elsewhere(tmp_path, t
     log_line = f"step {steps:,}/{steps:,} loss"  # the last step is always logged
     assert (log_line in r.output) is not terminal, r.output
     assert "Writing model shards" not in r.output  # no transformers bars in our output
+
+
+# --------------------------------------------------------------------------- val greedy
+
+
+def _val_puzzles(name: str, n: int) -> list[Puzzle]:
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "data" / name / "val.jsonl"
+    with open(path) as f:
+        return [Puzzle.from_json(json.loads(next(f))) for _ in range(n)]
+
+
+def test_val_greedy_is_the_greedy_sbt_bench_runs(monkeypatch):
+    """training.json's "val greedy" is computed by sbt's greedy method (what `sbt bench
+    --methods greedy` runs), not by a second greedy loop: same verdicts, same failures."""
+    from dataclasses import replace
+
+    from sbt_core.backends.torch_backend import TorchBackend
+    from sbt_core.models import resolve_model
+    from sbt_core.search import METHODS, run_search
+    from training.evaluate import greedy_accuracy, greedy_texts
+
+    puzzles = _val_puzzles("countdown3", 12)
+    path = resolve_model("countdown3-backtrack")
+    backend = TorchBackend(path)  # as `sbt bench` loads it
+    bench = [run_search("greedy", p, backend, {}, seed=i) for i, p in enumerate(puzzles)]
+    model, tok = backend.model, backend.tokenizer  # the weights, as a training loop holds them
+    model.train()
+    calls = []
+    greedy = METHODS["greedy"]
+
+    def spy(puzzle, *a, **k):
+        calls.append(puzzle)
+        return greedy.run(puzzle, *a, **k)
+
+    monkeypatch.setitem(METHODS, "greedy", replace(greedy, run=spy))
+    rep = greedy_accuracy(model, tok, puzzles)
+    assert calls == puzzles and model.training
+    assert rep.n == 12 and rep.solved == sum(r.verdict.ok for r in bench) > 0
+    failures = {}
+    for r in bench:
+        if not r.verdict.ok:
+            failures[str(r.verdict.failure)] = failures.get(str(r.verdict.failure), 0) + 1
+    assert rep.failures == failures
+    one_by_one = greedy_accuracy(model, tok, puzzles, batch_size=1)  # bench's calls exactly
+    assert (one_by_one.solved, one_by_one.failures, one_by_one.ended_backtrack) == \
+        (rep.solved, rep.failures, rep.ended_backtrack)
+    texts = greedy_texts(model, tok, puzzles[:3])
+    assert [parse_response(t).lines for t in texts] == [r.lines for r in bench[:3]]
+
+
+def test_val_greedy_leaves_the_training_model_as_it_was():
+    import torch
+
+    from training.evaluate import greedy_accuracy
+    from training.model import new_model
+
+    tok = build_tokenizer()
+    model = new_model(tok, "tiny", seed=0)
+    model.train()
+    threads, device = torch.get_num_threads(), next(model.parameters()).device
+    rep = greedy_accuracy(model, tok, _val_puzzles("countdown3", 2))
+    assert rep.n == 2 and rep.failures == {"no_answer": 2}  # untrained: no step lines, as bench counts it
+    assert model.training and next(model.parameters()).device == device and torch.get_num_threads() == threads
