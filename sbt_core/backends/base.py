@@ -18,13 +18,9 @@ SMALL_MODEL_PARAMS = 50_000_000
 def inference_threads(n_params: int, explicit: int | str | None = None) -> int | None:
     """Threads for inference: ``explicit`` (``BackendOptions.threads``: ``--threads``,
     ``SBT_NUM_THREADS`` or ``OMP_NUM_THREADS``), else 1 for models under 50M parameters
-    (None: the library's default).
-
-    A small model's decoding is hundreds of tiny ops per token; on 2 cores a second thread
-    costs more in wake-ups than it gains (torch self-backtrack N=16 b=1 on Countdown-4, per
-    puzzle: 0.44 s on 1 thread vs 0.94 s on 2 sleeping threads (OMP_WAIT_POLICY=PASSIVE);
-    2 spinning threads 0.41 s idle but 1.30 s beside one busy process, where 1 thread stays
-    at 0.45 s; ``benchmarks/bench_threads.py``)."""
+    (None: the library's default). A small model's decoding is hundreds of tiny ops per
+    token, where a second thread costs more in wake-ups than it gains (figures: README,
+    "Speed on these 2 cores")."""
     n = explicit
     if n and str(n).isdigit() and int(n) > 0:
         return int(n)

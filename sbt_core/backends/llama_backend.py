@@ -16,11 +16,9 @@ KV cache (one unified cache, several sequences):
   state to its parent) or, when that slot is busy, the prefix is shared into another slot
   (``llama_memory_seq_cp``, no copy in a unified cache), and only the rest is decoded.
 - *sample sequences* (``P .. P+S-1``) share their prompt's cells and decode one token per
-  step together in one batch. Samples whose tokens are identical so far share one
-  sequence (a tree: a sequence splits, sharing its cells, when its samples draw
-  different tokens), so a peaked model decodes far fewer than N tokens per step; every
-  sample still draws its own tokens. Finished sequences are removed at once. Requests with
-  more than ``S`` samples, or more than ``P`` distinct prompts, run in groups.
+  step together in one batch: the rows of the sampling tree (``decoding.sample_tree``;
+  ``_SeqRows``), a forked row sharing its parent's cells. Requests with more than ``S``
+  samples, or more than ``P`` distinct prompts, run in groups.
 
 Options (``sbt_core.settings.BackendOptions``; flags, else ``SBT_*`` variables): threads
 (``--threads``, else 1 for small models), quant (``--quant``: which GGUF), seqs (S, default
@@ -45,7 +43,8 @@ from ..errors import SbtError
 from ..limits import LLAMA_MAX_CONTEXT
 from ..settings import BackendOptions, llama_verbose
 from ..trace import BACKTRACK, GOAL
-from .base import Completion, finish_reason, inference_threads
+from .base import Completion, inference_threads
+from .decoding import beam_search, sample_tree
 from .light_tokenizer import special_ids
 
 QUANT_PREFERENCE = ("q8_0", "f16", "f32", "q4_k_m", "q4_0")
@@ -193,8 +192,8 @@ class LlamaBackend:
             cparams.kv_unified = self.unified
         flash = None
         if "flash_attn_type" in fields:
-            # flash attention skips the masked cells of the other sequences (~1.35x faster at
-            # N=32) but rounds through f16: off for an f32 GGUF, the exact reference
+            # flash attention skips the masked cells of the other sequences (faster: docs/llama.md)
+            # but rounds through f16: off for an f32 GGUF, the exact reference
             default = self.quant != "f32"
             flash = default if options.flash_attn is None else options.flash_attn
             cparams.flash_attn_type = int(flash)
@@ -416,103 +415,14 @@ class LlamaBackend:
             return [[] for _ in prompts]
         ids = [self._prompt_ids(p) for p in prompts]
         max_new = max(0, min(max_new_tokens, self.n_ctx - max(len(i) for i in ids)))
-        greedy = temperature <= 0
-        per_prompt = 1 if greedy else n  # greedy: every sample is the same
-        rng = np.random.default_rng(int(seed) & 0xFFFFFFFFFFFFFFFF)
-        stops = self.newline_ids if stop_at_line else set()
-        results: list[Completion | None] = [None] * (len(prompts) * per_prompt)
-        # groups of at most S samples and P distinct prompts, in output order
-        items = [(k, i) for k in range(len(prompts)) for i in range(per_prompt)]
-        groups, cur = [], []
-        for it in items:
-            if cur and (len(cur) >= self.S or (it[0] != cur[-1][0] and len({k for k, _ in cur}) >= self.P)):
-                groups.append(cur)
-                cur = []
-            cur.append(it)
-        groups.append(cur)
+        rows = _SeqRows(self, temperature, top_k, np.random.default_rng(int(seed) & 0xFFFFFFFFFFFFFFFF))
         try:
-            for group in groups:
-                self._sample_group(group, ids, per_prompt, max_new, greedy, temperature, top_k, rng, stops, results)
+            return sample_tree(rows, ids, n, max_new, temperature <= 0, self._decode_text, self.eos_id,
+                               self.marker_ids, self.newline_ids if stop_at_line else set(),
+                               max_samples=self.S, max_prompts=self.P)
         except BaseException:
             self._reset()
             raise
-        out = []
-        for k in range(len(prompts)):
-            comps = results[k * per_prompt:(k + 1) * per_prompt]
-            if greedy:
-                c = comps[0]
-                comps = [Completion(c.text, list(c.token_ids), list(c.token_logprobs), c.finish) for _ in range(n)]
-            out.append(comps)
-        return out
-
-    def _sample_group(self, group, ids, per_prompt, max_new, greedy, temperature, top_k, rng, stops, results):
-        """Sample a group as a tree: samples with identical tokens so far are one *node*
-        (one sequence, one row of the batch); a node splits when its samples draw different
-        tokens, the new branches sharing its cells (``llama_memory_seq_cp``). Each sample
-        still draws its own token from its own distribution: the same samples as decoding
-        every one apart, for fewer decoded tokens."""
-        ll, mem = self._ll, self._mem
-        order = list(dict.fromkeys(k for k, _ in group))
-        slots, plogits = self._place([ids[k] for k in order], [len(ids[k]) - 1 for k in order])
-        free = [self.P + j for j in range(self.S)][::-1]
-        nodes = []  # (seq, members (indices into group), position of the next token)
-        for k, slot in zip(order, slots):
-            seq = free.pop()
-            self._seq_rm(seq)
-            ll.llama_memory_seq_cp(mem, slot, seq, -1, -1)
-            nodes.append((seq, [g for g, (kk, _) in enumerate(group) if kk == k], len(ids[k])))
-        logits = np.stack([lg[-1] for lg in plogits]).astype(np.float32)
-        gen_ids = [[] for _ in group]
-        gen_lps = [[] for _ in group]
-        finish = ["length"] * len(group)
-        for _ in range(max_new):
-            logp = self._log_softmax(logits)
-            members = [g for _, ms, _ in nodes for g in ms]
-            node_of = np.array([ni for ni, (_, ms, _) in enumerate(nodes) for _ in ms])
-            if greedy:
-                nxt = logits.argmax(-1)[node_of]
-            else:
-                scaled = logits.astype(np.float64) / temperature
-                if top_k and top_k < scaled.shape[-1]:
-                    kth = np.partition(scaled, -top_k, axis=-1)[:, -top_k][:, None]
-                    scaled = np.where(scaled < kth, -np.inf, scaled)
-                cdf = np.exp(scaled - scaled.max(-1, keepdims=True)).cumsum(-1)[node_of]
-                u = rng.random(len(members)) * cdf[:, -1]
-                nxt = np.minimum((cdf <= u[:, None]).sum(-1), scaled.shape[-1] - 1)
-            lps = logp[node_of, nxt]
-            branches: dict[tuple[int, int], list[int]] = {}
-            for g, ni, tok, lp in zip(members, node_of.tolist(), nxt.tolist(), lps.tolist()):
-                gen_ids[g].append(tok)
-                gen_lps[g].append(lp)
-                reason = finish_reason(tok, self.eos_id, self.marker_ids, stops)
-                if reason:
-                    finish[g] = reason
-                else:
-                    branches.setdefault((ni, tok), []).append(g)
-            new_nodes, rows, kept = [], [], set()
-            for (ni, tok), ms in branches.items():
-                seq, _, pos = nodes[ni]
-                if ni in kept:  # another branch of this node: a new sequence sharing its cells
-                    child = free.pop()
-                    self._seq_rm(child)
-                    ll.llama_memory_seq_cp(mem, seq, child, -1, -1)
-                else:
-                    kept.add(ni)
-                    child = seq
-                new_nodes.append((child, ms, pos + 1))
-                rows.append((tok, pos, child, True))
-            for ni, (seq, _, _) in enumerate(nodes):
-                if ni not in kept:  # every sample of this node has finished
-                    self._seq_rm(seq)
-                    free.append(seq)
-            nodes = new_nodes
-            if not nodes:
-                break
-            logits = self._decode(rows)
-        for seq, _, _ in nodes:
-            self._seq_rm(seq)
-        for g, (k, i) in enumerate(group):
-            results[k * per_prompt + i] = Completion(self._decode_text(gen_ids[g]), gen_ids[g], gen_lps[g], finish[g])
 
     def score(self, prompt: str, continuation: str) -> list[float]:
         return self._token_logprobs(prompt, self.encode(continuation))
@@ -532,59 +442,87 @@ class LlamaBackend:
         return [float(logp[j, t]) for j, t in enumerate(cont)]
 
     def beam(self, prompt: str, width: int, max_new_tokens: int) -> list[Completion]:
-        """Beam search over llama.cpp sequences: at each step the ``2*width`` best
-        extensions of the live beams (by summed log-prob); ones ending in the end token or
-        a marker finish (scored by mean log-prob), the best ``width`` others go on; stops
-        when ``width`` beams have finished (early stopping) or at the length limit."""
-        width = max(1, min(int(width), self.S // 2))
+        """``decoding.beam_search`` over llama.cpp sequences (children share their parent's
+        cells), at most ``S // 2`` beams."""
         head = self._prompt_ids(prompt)
         max_new = max(0, min(max_new_tokens, self.n_ctx - len(head)))
-        (slot,), (plog,) = self._place([head], [len(head) - 1])
-        ends = {self.eos_id, *self.marker_ids} - {None}
-        pool = [self.P + j for j in range(2 * width)]
-        beams = [([], [], pool[0])]  # (tokens, logprobs, seq)
-        self._seq_rm(pool[0])
-        self._ll.llama_memory_seq_cp(self._mem, slot, pool[0], -1, -1)
-        logits = plog[-1:]
-        finished: list[tuple[float, list[int], list[float], str]] = []
         try:
-            for _step in range(max_new):
-                logp = self._log_softmax(logits.astype(np.float32))
-                scores = np.array([sum(b[1]) for b in beams])[:, None] + logp
-                flat = np.argsort(-scores, axis=None, kind="stable")[:2 * width]
-                new = []
-                for rank, idx in enumerate(flat):
-                    b, tok = divmod(int(idx), logp.shape[1])
-                    toks, lps, _ = beams[b]
-                    cand = (toks + [tok], lps + [float(logp[b, tok])])
-                    if tok in ends:
-                        if rank < width:
-                            finished.append((float(np.mean(cand[1])), cand[0], cand[1],
-                                             finish_reason(tok, self.eos_id, self.marker_ids)))
-                    elif len(new) < width:
-                        new.append((b, cand))
-                if len(finished) >= width or not new:
-                    beams = [] if len(finished) >= width else beams
-                    break
-                busy = {bb[2] for bb in beams}
-                free = [s for s in pool if s not in busy]
-                children = []
-                for b, (toks, lps) in new:  # fresh sequences sharing their parent's cells
-                    seq = free.pop()
-                    self._seq_rm(seq)
-                    self._ll.llama_memory_seq_cp(self._mem, beams[b][2], seq, -1, -1)
-                    children.append((toks, lps, seq))
-                for _, _, seq in beams:
-                    self._seq_rm(seq)
-                beams = children
-                rows = [(toks[-1], len(head) + len(toks) - 1, seq, True) for toks, _, seq in beams]
-                logits = self._decode(rows)
+            return beam_search(_SeqRows(self, 0.0, None, None), head, max(1, min(int(width), self.S // 2)), max_new,
+                               self._decode_text, self.eos_id, self.marker_ids)
         except BaseException:
             self._reset()
             raise
-        for seq in pool:
-            self._seq_rm(seq)
-        if len(finished) < width:  # the length limit: live beams count as finished
-            finished += [(float(np.mean(l)) if l else 0.0, t, l, "length") for t, l, _ in beams]
-        finished.sort(key=lambda f: -f[0])
-        return [Completion(self._decode_text(t), t, l, why) for _, t, l, why in finished[:width]]
+
+
+class _SeqRows:
+    """One ``sample`` call's rows as llama.cpp sequences (``decoding.Decoder``): a group's
+    distinct prompts are placed in prompt slots (``_place``: the longest cached prefix is
+    reused), each row is a sample sequence (``P .. P+S-1``) sharing its prompt's cells; a
+    forked row is a new sequence sharing its parent's cells (``llama_memory_seq_cp``, no
+    copy in a unified cache); a dropped row's sequence is removed at once. Draws: one seeded
+    ``numpy.random.Generator``, row by row (inverse CDF of the tempered, top-k distribution)."""
+
+    draw_order = "row"
+
+    def __init__(self, backend: LlamaBackend, temperature: float, top_k: int | None, rng: np.random.Generator) -> None:
+        self.b, self.temperature, self.top_k, self.rng = backend, temperature, top_k, rng
+        self.rows: list[tuple[int, int]] = []  # (sequence, position of its next token)
+
+    def prefill(self, prompts: list[list[int]]) -> np.ndarray:
+        b = self.b
+        slots, plogits = b._place(prompts, [len(ids) - 1 for ids in prompts])
+        self.free = [b.P + j for j in range(b.S)][::-1]
+        self.rows = []
+        for ids, slot in zip(prompts, slots):
+            seq = self.free.pop()
+            b._seq_rm(seq)
+            b._ll.llama_memory_seq_cp(b._mem, slot, seq, -1, -1)
+            self.rows.append((seq, len(ids)))
+        return np.stack([lg[-1] for lg in plogits]).astype(np.float32)
+
+    def step(self, parents: list[int], tokens: list[int]) -> np.ndarray:
+        b = self.b
+        new, batch, kept = [], [], set()
+        for r, tok in zip(parents, tokens):
+            seq, pos = self.rows[r]
+            if r in kept:  # another branch of this row: a new sequence sharing its cells
+                child = self.free.pop()
+                b._seq_rm(child)
+                b._ll.llama_memory_seq_cp(b._mem, seq, child, -1, -1)
+            else:
+                kept.add(r)
+                child = seq
+            new.append((child, pos + 1))
+            batch.append((tok, pos, child, True))
+        self._drop(kept)
+        self.rows = new
+        return b._decode(batch)
+
+    def _drop(self, kept: set[int]) -> None:
+        for r, (seq, _) in enumerate(self.rows):
+            if r not in kept:
+                self.b._seq_rm(seq)
+                self.free.append(seq)
+
+    def release(self) -> None:
+        self._drop(set())
+        self.rows = []
+
+    def logprobs(self, logits: np.ndarray) -> np.ndarray:
+        return self.b._log_softmax(logits.astype(np.float32))
+
+    def draw(self, logits: np.ndarray, row_of: list[int]) -> tuple[list[int], list[float]]:
+        """Each draw's token from its row's distribution (argmax at temperature 0, top-k)."""
+        logp = self.b._log_softmax(logits)
+        idx = np.array(row_of)
+        if self.temperature <= 0:
+            nxt = logits.argmax(-1)[idx]
+        else:
+            scaled = logits.astype(np.float64) / self.temperature
+            if self.top_k and self.top_k < scaled.shape[-1]:
+                kth = np.partition(scaled, -self.top_k, axis=-1)[:, -self.top_k][:, None]
+                scaled = np.where(scaled < kth, -np.inf, scaled)
+            cdf = np.exp(scaled - scaled.max(-1, keepdims=True)).cumsum(-1)[idx]
+            u = self.rng.random(len(row_of)) * cdf[:, -1]
+            nxt = np.minimum((cdf <= u[:, None]).sum(-1), scaled.shape[-1] - 1)
+        return nxt.tolist(), logp[idx, nxt].tolist()

@@ -4,12 +4,10 @@ Plain Llama directories (ours) run on ``compact_llama`` (same maths as transform
 without its 3 s import); anything else loads with transformers ``AutoModelForCausalLM``
 (``SBT_TORCH_IMPL=transformers`` forces that). Sampling is our own short loop over
 ``model.forward`` with a KV cache: distinct prompts are prefilled once (left-padded) and
-decoded as a sampling tree: samples whose tokens so far are identical share one cache row,
-a row splits when its samples draw different tokens, finished rows are dropped once they are
-a quarter of the batch. Every sample still draws from its own row's distribution in sample
-order, so the draws (and outputs) equal one cache row per sample; every call draws from its
-own seeded ``torch.Generator``. Beam search uses transformers'
-``generate``. All log-probs are of the untempered distribution. Options
+decoded as a sampling tree (``decoding.sample_tree`` over ``_CacheRows``: one cache row per
+distinct prefix, finished rows dropped once they are a quarter of the batch); the draws, in
+sample order from one seeded ``torch.Generator`` per call, equal one cache row per sample.
+Beam search uses transformers' ``generate``. All log-probs are of the untempered distribution. Options
 (``sbt_core.settings.BackendOptions``: flags, else ``SBT_*`` variables): threads
 (``--threads``, else 1 for models under 50M parameters; each call sets them and restores
 torch's count after; ``base.inference_threads``), dtype (float32 | bfloat16), device
@@ -34,6 +32,7 @@ from ..countdown import shorten  # noqa: E402
 from ..errors import SbtError  # noqa: E402
 from ..trace import BACKTRACK, GOAL  # noqa: E402
 from .base import Completion, finish_reason, inference_threads  # noqa: E402
+from .decoding import sample_tree  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # BackendOptions.dtype (aliases normalised there)
 
@@ -270,79 +269,19 @@ class TorchBackend:
                          **{self._cache_kw: cache}, **self._keep_last)
         return out.logits[:, -1, :]
 
-    @staticmethod
-    def _draw(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator):
-        """The next token of every row and its (untempered) log-prob."""
-        logp = torch.log_softmax(logits, dim=-1)
-        if temperature <= 0:
-            nxt = logits.argmax(-1)
-        else:
-            scaled = logits / temperature
-            if top_k and top_k < scaled.shape[-1]:
-                kth = torch.topk(scaled, top_k, dim=-1).values[:, -1:]
-                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-            nxt = torch.multinomial(torch.softmax(scaled, -1), 1, generator=gen).squeeze(-1)
-        return nxt, logp.gather(-1, nxt[:, None]).squeeze(-1)
-
     # -- Backend protocol ----------------------------------------------------------------
     @_model_call
     def sample(self, prompts: list[str], n: int, temperature: float, max_new_tokens: int,
                seed: int, top_k: int | None = None, stop_at_line: bool = False) -> list[list[Completion]]:
         if not prompts or n <= 0:
             return [[] for _ in prompts]
-        ids, mask = self._left_pad([self._prompt_ids(p) for p in prompts])
+        ids = [self._prompt_ids(p) for p in prompts]
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit:  # never run past the model's positions (hard length limit)
-            max_new_tokens = max(0, min(max_new_tokens, limit - ids.shape[1]))
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = self._new_cache(ids.shape[1] + max_new_tokens)
-        logits = self._step(ids, mask, pos, cache)  # one cache row per prompt
-        next_pos = pos[:, -1:] + 1
-        total = len(prompts) * n
-        row_of = [k // n for k in range(total)]  # sample -> its cache row (samples so far identical share one)
-        rows = len(prompts)
-        gen_ids: list[list[int]] = [[] for _ in range(total)]
-        gen_lps: list[list[float]] = [[] for _ in range(total)]
-        finish = ["length"] * total
-        stops = self.newline_ids if stop_at_line else set()
-        gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        live = list(range(total))  # samples still generating, in order
-        for _ in range(max_new_tokens):
-            # every live sample draws from its row's distribution, in sample order: the same
-            # draws as one cache row per sample
-            nxt, lps = self._draw(logits[torch.tensor([row_of[k] for k in live])].float(), temperature, top_k, gen)
-            branches: dict[tuple[int, int], int] = {}  # (cache row, token) -> next cache row
-            still = []
-            for k, tok, lp in zip(live, nxt.tolist(), lps.tolist()):
-                gen_ids[k].append(tok)
-                gen_lps[k].append(lp)
-                reason = finish_reason(tok, self.eos_id, self.marker_ids, stops)
-                if reason:
-                    finish[k] = reason
-                else:
-                    still.append(k)
-                    branches.setdefault((row_of[k], tok), len(branches))
-            if not still:
-                break
-            parents = [r for r, _ in branches]
-            kept = set(parents)
-            if len(kept) == len(parents) and (rows - len(kept)) * COMPACT_AT < rows:
-                # no sample split off and few rows finished: keep the layout (finished rows idle)
-                feed = torch.full((rows,), self.pad_id, dtype=torch.long)
-                feed[parents] = torch.tensor([t for _, t in branches])
-            else:  # new layout: one row per branch (a split copies its parent's cache)
-                for k in still:
-                    row_of[k] = branches[(row_of[k], gen_ids[k][-1])]
-                idx = torch.tensor(parents, device=self.device)
-                cache.batch_select_indices(idx)
-                mask, next_pos, rows = mask[idx], next_pos[idx], len(parents)
-                feed = torch.tensor([t for _, t in branches])
-            live = still
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            logits = self._step(feed.to(self.device)[:, None], mask, next_pos, cache)
-            next_pos = next_pos + 1
-        comps = [Completion(self._decode(i), i, l, f) for i, l, f in zip(gen_ids, gen_lps, finish)]
-        return [comps[k * n:(k + 1) * n] for k in range(len(prompts))]
+            max_new_tokens = max(0, min(max_new_tokens, limit - max(len(i) for i in ids)))
+        rows = _CacheRows(self, max_new_tokens, temperature, top_k, seed)
+        return sample_tree(rows, ids, n, max_new_tokens, temperature <= 0, self._decode, self.eos_id,
+                           self.marker_ids, self.newline_ids if stop_at_line else set())
 
     @_model_call
     def beam(self, prompt: str, width: int, max_new_tokens: int) -> list[Completion]:
@@ -378,3 +317,64 @@ class TorchBackend:
         logits = self.model(input_ids=ids).logits[0, len(head) - 1:-1].float()
         logp = torch.log_softmax(logits, -1)
         return logp.gather(-1, torch.tensor(cont, device=self.device)[:, None]).squeeze(-1).tolist()
+
+
+class _CacheRows:
+    """One ``sample`` call's rows of the KV cache (``decoding.Decoder``): distinct prompts
+    prefilled once, left-padded. A step that neither splits a row nor leaves many finished
+    keeps the cache's layout (finished rows idle, fed padding, until they are a quarter of
+    the batch: each new layout copies the cache); else the cache is re-laid as one row per
+    new row. ``_phys[r]``: the cache row of row r. Draws: one seeded ``torch.Generator``,
+    every live sample in sample order."""
+
+    draw_order = "sample"
+
+    def __init__(self, backend: TorchBackend, max_new: int, temperature: float, top_k: int | None, seed: int) -> None:
+        self.b, self.max_new, self.temperature, self.top_k = backend, max_new, temperature, top_k
+        self.gen = torch.Generator(device=backend.device).manual_seed(int(seed))
+
+    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
+        b = self.b
+        ids, self.mask = b._left_pad(prompts)
+        pos = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.cache = b._new_cache(ids.shape[1] + self.max_new)
+        logits = b._step(ids, self.mask, pos, self.cache)
+        self.next_pos = pos[:, -1:] + 1
+        self._phys = list(range(len(prompts)))
+        self.width = len(prompts)  # rows of the cache
+        return logits
+
+    def step(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
+        b = self.b
+        phys = [self._phys[r] for r in parents]
+        if len(set(phys)) == len(phys) and (self.width - len(phys)) * COMPACT_AT < self.width:
+            feed = torch.full((self.width,), b.pad_id, dtype=torch.long)
+            feed[phys] = torch.tensor(tokens)
+            self._phys = phys
+        else:
+            idx = torch.tensor(phys, device=b.device)
+            self.cache.batch_select_indices(idx)
+            self.mask, self.next_pos, self.width = self.mask[idx], self.next_pos[idx], len(phys)
+            feed = torch.tensor(tokens)
+            self._phys = list(range(len(phys)))
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        logits = b._step(feed.to(b.device)[:, None], self.mask, self.next_pos, self.cache)
+        self.next_pos = self.next_pos + 1
+        return logits
+
+    def draw(self, logits: torch.Tensor, row_of: list[int]) -> tuple[list[int], list[float]]:
+        """Each draw's token from its row's distribution (argmax at temperature 0, top-k)."""
+        logits = logits[torch.tensor([self._phys[r] for r in row_of])].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        if self.temperature <= 0:
+            nxt = logits.argmax(-1)
+        else:
+            scaled = logits / self.temperature
+            if self.top_k and self.top_k < scaled.shape[-1]:
+                kth = torch.topk(scaled, self.top_k, dim=-1).values[:, -1:]
+                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+            nxt = torch.multinomial(torch.softmax(scaled, -1), 1, generator=self.gen).squeeze(-1)
+        return nxt.tolist(), logp.gather(-1, nxt[:, None]).squeeze(-1).tolist()
+
+    def release(self) -> None:
+        self.cache = self.mask = self.next_pos = None
