@@ -36,6 +36,7 @@ class Engine:
     backend_name: str = "torch"
     n_numbers: int = 4
     options: BackendOptions | None = None
+    allow_hidden: bool = False  # the scripted perfect model (tests, the TUI's demo); never a user's command
     _backend: Any = field(default=None, repr=False)
     _model_path: Path | None = field(default=None, repr=False)
     _defaults: dict | None = field(default=None, repr=False)
@@ -44,7 +45,7 @@ class Engine:
     def needs_model(self) -> bool:
         from .backends import backend_spec
 
-        return backend_spec(self.backend_name).needs_model
+        return backend_spec(self.backend_name, self.allow_hidden).needs_model
 
     @property
     def search_defaults(self) -> dict:
@@ -80,7 +81,8 @@ class Engine:
         if self._backend is None:
             from . import backends
 
-            self._backend = backends.load_backend(self.model, self.backend_name, self.n_numbers, options=self.options)
+            self._backend = backends.load_backend(self.model, self.backend_name, self.n_numbers, options=self.options,
+                                                  **({"allow_hidden": True} if self.allow_hidden else {}))
         return self._backend
 
     @property
@@ -104,11 +106,11 @@ class Engine:
 
 
 def open_model(model: str | os.PathLike | None = None, backend: str = "torch", n_numbers: int = 4,
-               options: BackendOptions | None = None) -> Engine:
+               options: BackendOptions | None = None, allow_hidden: bool = False) -> Engine:
     """Read ``model``'s search defaults and open it with ``backend`` (a name in
     ``sbt_core.backends.BACKENDS``, whose entry resolves the model): ``SbtError`` (one line)
     when any of that fails."""
-    engine = Engine(None if model is None else str(model), backend, n_numbers, options)
+    engine = Engine(None if model is None else str(model), backend, n_numbers, options, allow_hidden)
     engine.search_defaults  # noqa: B018 - a broken search_defaults.json fails here, once
     engine.backend  # noqa: B018
     return engine

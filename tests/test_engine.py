@@ -46,7 +46,7 @@ def test_the_registry_names_each_backend_once():
     with pytest.raises(SbtError) as exc:
         load_backend("countdown4-backtrack", "nope")
     assert str(exc.value) == "unknown backend 'nope'; choose one of: torch, llama"  # as before the registry
-    assert isinstance(load_backend(None, "scripted"), ScriptedBackend)
+    assert isinstance(load_backend(None, "scripted", allow_hidden=True), ScriptedBackend)
 
 
 def test_a_new_backend_is_one_registry_entry(echo):
@@ -122,3 +122,20 @@ def test_a_test_may_still_replace_load_backend(monkeypatch, tmp_path):
     monkeypatch.setattr(backends, "load_backend", lambda *a, **k: ScriptedBackend(default=solver_continuation))
     e = engine.Engine(None, "torch", 4)
     assert isinstance(e.backend, ScriptedBackend) and engine.solve(e, "greedy", P)[0].solved
+
+
+def test_the_hidden_scripted_backend_is_refused_to_user_commands(tmp_path):
+    """The scripted backend is a perfect model (the exact solver's moves): a bench or solve
+    that could pick it would store 100% as if a model had earned it."""
+    from typer.testing import CliRunner
+
+    from sbt_cli.app import app
+
+    runner = CliRunner()
+    for args in (["solve", "3 5 7 11 -> 24", "--backend", "scripted"],
+                 ["bench", "--backend", "scripted", "--methods", "greedy", "--limit", "2", "--split", "val",
+                  "--db", str(tmp_path / "x.db"), "--quiet"]):
+        res = runner.invoke(app, args)
+        lines = res.stderr.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1 and "unknown backend 'scripted'" in lines[0], res.output
+    assert not (tmp_path / "x.db").exists() or "scripted" not in (tmp_path / "x.db").read_bytes().decode("latin1")

@@ -82,7 +82,8 @@ def open_backend(settings: Settings, puzzle: Puzzle):
     except ImportError as exc:
         raise ModelUnavailable(f"model backends are not available in this build ({exc})") from None
     try:
-        return open_model(settings.model, settings.backend, len(puzzle.numbers), options=settings.options).backend
+        return open_model(settings.model, settings.backend, len(puzzle.numbers), options=settings.options,
+                          allow_hidden=True).backend  # the TUI offers the scripted demo model
     except SbtError as exc:
         raise ModelUnavailable(str(exc)) from None
     except (ImportError, OSError) as exc:
