@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Iterator
 
 from .countdown import Puzzle
 from .errors import SbtError
+from .files import write_atomic
 from .limits import MAX_GENERATE_DRAWS, MAX_GENERATE_WORKERS, MAX_NUMBER, MAX_SPLIT_PUZZLES, check_range
 from .locks import output_lock
 from .solver import _reach, is_solvable
@@ -565,15 +566,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    """``rows`` as JSONL at ``path``, atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    tmp = _write_temp(path, (_jsonl_line(r) for r in rows))
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """``rows`` as JSONL at ``path``, atomically (``sbt_core.files.write_atomic``)."""
+    write_atomic(path, "".join(_jsonl_line(r) for r in rows), what="file")
 
 
 def read_puzzles(path: Path | str, limit: int | None = None) -> list[Puzzle]:
