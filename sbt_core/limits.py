@@ -21,6 +21,8 @@ SEARCH_MINIMUM = {"n": 1, "b": 0, "width": 1, "nodes": 1, "temperature": 0.0, "t
                   "max_new_tokens": 1, "max_states": 0}
 SEARCH_MAXIMUM = {"n": 1024, "b": 16, "width": 256, "nodes": 100_000, "temperature": 100.0,
                   "top_k": 100_000, "max_new_tokens": 1024, "max_states": 1_000_000}
+# search parameters that take a name: the names they accept (the first is the default)
+SEARCH_CHOICES = {"variant": ("all-states", "authors")}
 # a positive temperature below this is refused: logits / T overflow (0 itself means greedy)
 MIN_POSITIVE_TEMPERATURE = 0.01
 
@@ -53,6 +55,7 @@ MAX_THREADS = 1024               # --threads
 MAX_PUZZLES = 10_000_000         # --puzzles, --train-puzzles, --eval-puzzles, --eval-limit
 MAX_SEED = 2**32 - 1             # --seed of train, harvest and iterate: 0..MAX_SEED
 MAX_ROUNDS = 100                 # sbt iterate --rounds
+MAX_WORKERS = 64                 # sbt bench / sbt harvest --workers: 1..this local processes
 
 
 def check_range(value, flag: str, low, high, *, integer: bool = False, low_open: bool = False) -> float | int:

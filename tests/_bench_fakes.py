@@ -17,11 +17,13 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from sbt_core.countdown import Puzzle, verify
 from sbt_core.search import METHODS, Method
 from sbt_core.search.events import Done, Sample, SearchResult, Select, Stats
+from sbt_core.search.params import SearchParams, param
 
 TESTS = Path(__file__).resolve().parent
 
@@ -63,11 +65,22 @@ def run_fake_model(puzzle, backend, params, seed):
     yield from run_fake(puzzle, backend, params, seed)
 
 
+@dataclass(frozen=True)
+class FakeParams(SearchParams):
+    n: int = param(4, "samples")
+    b: int = param(0, "rounds")
+    temperature: float = param(0.7, "temperature")
+
+
+@dataclass(frozen=True)
+class FakeModelParams(SearchParams):
+    n: int = param(4, "samples")
+
+
 FAKE_METHODS = {
-    "fake": Method("fake", run_fake, needs_model=False, oracle=False, params=("n", "b", "temperature"),
-                   help="fake (tests)", defaults={"n": 4, "b": 0, "temperature": 0.7}),
-    "fake-model": Method("fake-model", run_fake_model, needs_model=True, oracle=False, params=("n",),
-                         help="fake needing a model (tests)", defaults={"n": 4}),
+    "fake": Method("fake", run_fake, FakeParams, needs_model=False, oracle=False, help="fake (tests)"),
+    "fake-model": Method("fake-model", run_fake_model, FakeModelParams, needs_model=True, oracle=False,
+                         help="fake needing a model (tests)"),
 }
 
 

@@ -14,6 +14,7 @@ from sbt_core.backends import BACKENDS, BackendSpec, load_backend
 from sbt_core.backends.scripted import ScriptedBackend, solver_continuation
 from sbt_core.countdown import Puzzle
 from sbt_core.errors import SbtError
+from sbt_core.search.params import SearchParams
 from sbt_core.search import METHODS, Method, run_search
 from sbt_core.search.events import Done
 
@@ -96,7 +97,7 @@ def test_solve_is_the_one_drain_with_events_on_request():
 
 
 def test_a_stream_without_done_is_an_error_not_a_silent_none(monkeypatch):
-    monkeypatch.setitem(METHODS, "mute", Method("mute", lambda *a: iter(()), False, False, (), "no events"))
+    monkeypatch.setitem(METHODS, "mute", Method("mute", lambda *a: iter(()), SearchParams, False, False, "no events"))
     assert engine.drain(iter(())) == (None, None)
     with pytest.raises(RuntimeError, match="without a Done event"):
         engine.solve(None, "mute", P)

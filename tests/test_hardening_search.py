@@ -94,7 +94,7 @@ def test_check_param_types_bounds_and_finiteness(value, message):
 
 def test_valid_numbers_keep_their_type_so_bench_run_identities_do_not_change():
     assert method_params("self-backtrack", {"temperature": 1, "n": 8.0}) == {
-        **METHODS["self-backtrack"].defaults, "temperature": 1, "n": 8.0}
+        "n": 8.0, "b": 1, "temperature": 1, "top_k": 0, "max_new_tokens": 96, "max_states": 0}
     assert resolve_params({"n": 4}, {"n": 8.0}) == {"n": 8}  # what a method runs with: cast
     assert check_param("top_k", "7") == 7
     assert method_params("greedy", {"temperature": 0}) == {"max_new_tokens": 96}

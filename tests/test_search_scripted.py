@@ -277,3 +277,56 @@ def test_scripted_backend_truncation_stop_and_defaults():
     assert isinstance(backend.sample(["###Response:\n"], 2, 0.7, 99, 1)[0][1], Completion)
     eos = ScriptedBackend({"": ["1 + 1 = 2"]}).sample([""], 1, 0.5, 99, 0)[0][0]
     assert eos.finish == "eos" and eos.token_ids[-1] == 0
+
+
+# --- the authors' variant (sbt_core.search.self_backtrack, variant="authors") -------------
+
+def test_authors_variant_caps_a_round_at_sqrt_n_new_states_and_skips_visited_ones():
+    # n=4: at most isqrt(4) = 2 new states a round; the root and a state already queued are skipped
+    ev = events_of("self-backtrack", algorithm1_backend(), {"n": 4, "b": 2, "variant": "authors"})
+    rounds = [(e.round, e.prefix) for e in of(Expand, ev)]
+    assert rounds == [(0, []), (1, ["1 + 2 = 3"]), (2, ["1 + 2 = 3", "3 * 4 = 12"])]
+    # all-states (the default) re-expands the root and [1 + 2 = 3] again in round 2
+    ev = events_of("self-backtrack", algorithm1_backend(), {"n": 4, "b": 2})
+    assert [e.prefix for e in of(Expand, ev) if e.round == 2] == [["1 + 2 = 3", "3 * 4 = 12"], [], ["1 + 2 = 3"]]
+    # n=1: one state a round, the first rolled back in sample order
+    backend = ScriptedBackend({"": [text(["1 + 2 = 3", "3 + 3 = 6"], BACKTRACK)],
+                               ("1 + 2 = 3",): [text(["3 * 4 = 12", "12 + 4 = 16"], BACKTRACK)],
+                               ("1 + 2 = 3", "3 * 4 = 12"): [text(["12 * 2 = 24"], GOAL)]})
+    ev = events_of("self-backtrack", backend, {"n": 1, "b": 3, "variant": "authors"})
+    assert [e.prefix for e in of(Expand, ev)] == [[], ["1 + 2 = 3"], ["1 + 2 = 3", "3 * 4 = 12"]]
+
+
+def test_authors_variant_sums_the_scores_of_duplicate_answers():
+    backend = ScriptedBackend({"": [(text(A, GOAL), -0.6), (text(C, GOAL), -0.4), (text(A, GOAL), -0.3)]})
+    ev = events_of("self-backtrack", backend, {"n": 3, "b": 0, "variant": "authors"})
+    cands = of(Candidate, ev)
+    assert [(c.lines, c.count) for c in cands] == [(A, 1), (C, 1), (A, 2)]
+    assert cands[-1].score == pytest.approx(-0.9)  # -0.6 + -0.3: a repeated answer ranks lower
+    result = ev[-1].result
+    assert result.lines == C and not result.solved  # the default variant picks A (test above)
+    assert result.params["variant"] == "authors"
+
+
+def test_variant_is_recorded_only_when_not_the_default_and_checked():
+    from sbt_core.errors import SbtError
+    from sbt_core.search import method_params
+    from sbt_core.search.self_backtrack import SelfBacktrackParams
+
+    assert "variant" not in method_params("self-backtrack")  # stored runs keep their identity
+    assert method_params("self-backtrack", {"variant": "authors"})["variant"] == "authors"
+    assert SelfBacktrackParams.layered({"variant": "authors", "n": "8"}) == SelfBacktrackParams(n=8, variant="authors")
+    with pytest.raises(SbtError, match=r"^--param variant must be one of all-states, authors, got 'sqrt'$"):
+        method_params("self-backtrack", {"variant": "sqrt"}, names=["--param {key}"])
+    assert "variant" not in method_params("best-of-n", {"variant": "authors"})  # best-of-n does not take it
+
+
+def test_best_of_n_is_self_backtracking_with_b_zero_under_its_own_name_and_params():
+    plain = ScriptedBackend({"": [(text(A, GOAL), -0.6), (text(C, GOAL), -0.4), (text(A, GOAL), -0.3)]})
+    sb = events_of("self-backtrack", plain, {"n": 3, "b": 0})[-1].result
+    again = ScriptedBackend({"": [(text(A, GOAL), -0.6), (text(C, GOAL), -0.4), (text(A, GOAL), -0.3)]})
+    bon = events_of("best-of-n", again, {"n": 3, "b": 5, "max_states": 2})[-1].result  # b, max_states: not its own
+    assert (bon.lines, bon.score, bon.stats.candidates) == (sb.lines, sb.score, sb.stats.candidates)
+    assert bon.method == "best-of-n" and sb.method == "self-backtrack"
+    assert bon.params == {"n": 3, "temperature": 0.7, "top_k": 0, "max_new_tokens": 96}
+    assert [c[0] for c in again.calls] == ["sample"]

@@ -3,22 +3,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 from ..countdown import Puzzle
 from ..trace import parse_response
-from .common import SearchRun, resolve_params, state_prompt
+from .common import SearchRun, state_prompt
 from .events import Event, Expand
+from .params import MAX_NEW_TOKENS_HELP, SearchParams, param
 
-DEFAULTS = {"width": 4, "max_new_tokens": 96}
+
+@dataclass(frozen=True)
+class BeamParams(SearchParams):
+    width: int = param(4, "beams kept at each step")
+    max_new_tokens: int = param(96, MAX_NEW_TOKENS_HELP)
 
 
-def run_beam(puzzle: Puzzle, backend, params: dict | None = None, seed: int = 0) -> Iterator[Event]:
-    p = resolve_params(DEFAULTS, params)
-    run = SearchRun("beam", puzzle, backend, p, seed)
+def run_beam(puzzle: Puzzle, backend, params: BeamParams | dict | None = None, seed: int = 0) -> Iterator[Event]:
+    p = BeamParams.coerce(params)
+    run = SearchRun("beam", puzzle, backend, p.record(), seed)
     node = run.new_node()
-    yield Expand(node, [], p["width"], 0)
-    beams = backend.beam(state_prompt(puzzle, []), p["width"], p["max_new_tokens"])
+    yield Expand(node, [], p.width, 0)
+    beams = backend.beam(state_prompt(puzzle, []), p.width, p.max_new_tokens)
     run.stats.model_calls += 1
     run.stats.expansions += 1
     chosen = None

@@ -1,18 +1,30 @@
 """Best-of-N: ``n`` samples from the root, the answer with the highest mean token
 log-prob among those ending in ``Goal Reached!`` (the self-backtracking selector, no
-verifier, no re-expansion: self-backtracking with b = 0)."""
+verifier, no re-expansion: self-backtracking with b = 0, under its own name and
+parameters)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 from ..countdown import Puzzle
 from .events import Event
-from .self_backtrack import run_self_backtrack
+from .params import MAX_NEW_TOKENS_HELP, TEMPERATURE_HELP, TOP_K_HELP, SearchParams, param
+from .self_backtrack import SelfBacktrackParams, search
 
-DEFAULTS = {"n": 16, "temperature": 0.7, "top_k": 0, "max_new_tokens": 96}
+
+@dataclass(frozen=True)
+class BestOfNParams(SearchParams):
+    n: int = param(16, "samples")
+    temperature: float = param(0.7, TEMPERATURE_HELP)
+    top_k: int = param(0, TOP_K_HELP)
+    max_new_tokens: int = param(96, MAX_NEW_TOKENS_HELP)
 
 
-def run_best_of_n(puzzle: Puzzle, backend, params: dict | None = None, seed: int = 0) -> Iterator[Event]:
-    params = {k: v for k, v in (params or {}).items() if k in DEFAULTS}
-    return run_self_backtrack(puzzle, backend, {**DEFAULTS, **params, "b": 0}, seed, method="best-of-n")
+def run_best_of_n(puzzle: Puzzle, backend, params: BestOfNParams | dict | None = None,
+                  seed: int = 0) -> Iterator[Event]:
+    p = BestOfNParams.coerce(params)
+    algorithm = SelfBacktrackParams(n=p.n, b=0, temperature=p.temperature, top_k=p.top_k,
+                                    max_new_tokens=p.max_new_tokens)
+    return search(puzzle, backend, algorithm, seed, "best-of-n", p.record())

@@ -17,7 +17,7 @@ from typing import Any, Generator, Iterator, Sequence
 
 from ..countdown import Failure, Puzzle, Verdict, shorten, verify
 from ..errors import SbtError
-from ..limits import SEARCH_MAXIMUM, SEARCH_MINIMUM, check_temperature
+from ..limits import SEARCH_CHOICES, SEARCH_MAXIMUM, SEARCH_MINIMUM, check_temperature
 from ..trace import parse_response, prompt, render_steps
 from .events import Candidate, Done, Event, Expand, Sample, SearchResult, Select, Stats, StepEvent
 
@@ -41,10 +41,15 @@ def check_param(key: str, value: Any, kind: type = int, label: str | None = None
 
     Numbers must be finite; whole-number parameters take only whole numbers (``8.0`` is
     8, ``2.5`` is refused); the bounds are ``sbt_core.limits.SEARCH_MINIMUM`` /
-    ``SEARCH_MAXIMUM``; the temperature goes through ``limits.check_temperature`` (0:
-    greedy decoding, as every sampling backend treats it).
+    ``SEARCH_MAXIMUM``; a named parameter takes one of ``SEARCH_CHOICES[key]``; the
+    temperature goes through ``limits.check_temperature`` (0: greedy decoding, as every
+    sampling backend treats it).
     """
     label = label or f"parameter {key}"
+    if key in SEARCH_CHOICES:
+        if value not in SEARCH_CHOICES[key]:
+            raise SbtError(f"{label} must be one of {', '.join(SEARCH_CHOICES[key])}, got {show_value(value)}")
+        return value
     what = "a whole number" if kind is int and key != "temperature" else "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise SbtError(f"{label} must be {what}, got {show_value(value)}")
@@ -86,7 +91,7 @@ def resolve_params(defaults: dict[str, Any], *layers: dict | None, names: Sequen
     for i, layer in enumerate(layers):
         name = (names[i] if i < len(names) else None) or "parameter {key}"
         for key, value in (layer or {}).items():
-            if value is None or (key not in out and key not in SEARCH_MINIMUM):
+            if value is None or (key not in out and key not in SEARCH_MINIMUM and key not in SEARCH_CHOICES):
                 continue
             kind = type(out[key]) if key in out and type(out[key]) in (int, float) else \
                 type(SEARCH_MINIMUM.get(key, 0))
@@ -134,6 +139,7 @@ class SearchRun:
         self.stats = Stats()
         self.next_node = 0
         self.candidates: dict[tuple[str, ...], Scored] = {}
+        self.sum_duplicates = False  # add a duplicate's score (the authors' variant) instead of keeping the best
         self.attempt: tuple[tuple[int, float], list[str]] | None = None
 
     # -- seeds and nodes ----------------------------------------------------------
@@ -184,7 +190,9 @@ class SearchRun:
 
     # -- candidates and attempts -----------------------------------------------------
     def add_candidate(self, lines: list[str], score: float) -> Candidate:
-        """Pool a complete answer; a duplicate keeps its best score and counts up (no penalty)."""
+        """Pool a complete answer; a duplicate keeps its best score and counts up (no penalty),
+        or with ``sum_duplicates`` adds its score (mean log-probs are negative: a repeated
+        answer scores lower)."""
         key = tuple(lines)
         got = self.candidates.get(key)
         if got is None:
@@ -192,7 +200,7 @@ class SearchRun:
             self.stats.candidates += 1
         else:
             got.count += 1
-            got.score = max(got.score, score)
+            got.score = got.score + score if self.sum_duplicates else max(got.score, score)
         return Candidate(list(lines), got.score, got.count)
 
     def best_candidate(self) -> Scored | None:

@@ -11,18 +11,27 @@ calls); a child that leads nowhere is a dead end, reported as a ``Backtrack`` ev
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Generator, Iterator
 
 from ..countdown import Puzzle, play_step
-from .common import SearchRun, resolve_params
+from .common import SearchRun
 from .events import Backtrack, Event
+from .params import TEMPERATURE_HELP, TOP_K_HELP, SearchParams, param
 
-DEFAULTS = {"n": 4, "nodes": 32, "temperature": 0.7, "top_k": 0, "max_new_tokens": 24}
+
+@dataclass(frozen=True)
+class DfsParams(SearchParams):
+    n: int = param(4, "one-line samples per expanded node")
+    nodes: int = param(32, "node budget: expansions (model calls)")
+    temperature: float = param(0.7, TEMPERATURE_HELP)
+    top_k: int = param(0, TOP_K_HELP)
+    max_new_tokens: int = param(24, "tokens one step sample may generate")
 
 
-def run_dfs(puzzle: Puzzle, backend, params: dict | None = None, seed: int = 0) -> Iterator[Event]:
-    p = resolve_params(DEFAULTS, params)
-    run = SearchRun("dfs", puzzle, backend, p, seed)
+def run_dfs(puzzle: Puzzle, backend, params: DfsParams | dict | None = None, seed: int = 0) -> Iterator[Event]:
+    p = DfsParams.coerce(params)
+    run = SearchRun("dfs", puzzle, backend, p.record(), seed)
     found = yield from _visit(run, p, [], sorted(puzzle.numbers), depth=0)
     if found is None:
         deepest = run.attempt[1] if run.attempt else []
@@ -32,12 +41,12 @@ def run_dfs(puzzle: Puzzle, backend, params: dict | None = None, seed: int = 0) 
         yield from run.finish(found, None, "verifier-guided depth-first search (oracle)")
 
 
-def _visit(run: SearchRun, p: dict, prefix: list[str], state: list[int], depth: int,
+def _visit(run: SearchRun, p: DfsParams, prefix: list[str], state: list[int], depth: int,
            ) -> Generator[Event, None, list[str] | None]:
-    if run.stats.expansions >= p["nodes"]:
+    if run.stats.expansions >= p.nodes:
         return None
-    (e,) = yield from run.expand([prefix], p["n"], depth, temperature=p["temperature"],
-                                 max_new_tokens=p["max_new_tokens"], top_k=p["top_k"], stop_at_line=True)
+    (e,) = yield from run.expand([prefix], p.n, depth, temperature=p.temperature,
+                                 max_new_tokens=p.max_new_tokens, top_k=p.top_k, stop_at_line=True)
     children: dict[str, tuple[float, int, list[int]]] = {}
     for i, c in enumerate(e.completions):
         line = c.text.strip()
@@ -59,6 +68,6 @@ def _visit(run: SearchRun, p: dict, prefix: list[str], state: list[int], depth: 
                 return found
         run.stats.backtracks += 1
         yield Backtrack(e.node, index, line, list(prefix), depth)
-        if run.stats.expansions >= p["nodes"]:
+        if run.stats.expansions >= p.nodes:
             return None
     return None

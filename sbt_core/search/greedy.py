@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 from ..countdown import Puzzle
 from ..trace import parse_response
-from .common import SearchRun, resolve_params
+from .common import SearchRun
 from .events import Event
+from .params import MAX_NEW_TOKENS_HELP, SearchParams, param
 
-DEFAULTS = {"max_new_tokens": 96}
+
+@dataclass(frozen=True)
+class GreedyParams(SearchParams):
+    max_new_tokens: int = param(96, MAX_NEW_TOKENS_HELP)
 
 
-def run_greedy(puzzle: Puzzle, backend, params: dict | None = None, seed: int = 0) -> Iterator[Event]:
-    p = resolve_params(DEFAULTS, params)
-    run = SearchRun("greedy", puzzle, backend, p, seed)
-    (expansion,) = yield from run.expand([[]], 1, temperature=0.0, max_new_tokens=p["max_new_tokens"])
+def run_greedy(puzzle: Puzzle, backend, params: GreedyParams | dict | None = None, seed: int = 0) -> Iterator[Event]:
+    p = GreedyParams.coerce(params)
+    run = SearchRun("greedy", puzzle, backend, p.record(), seed)
+    (expansion,) = yield from run.expand([[]], 1, temperature=0.0, max_new_tokens=p.max_new_tokens)
     c = expansion.completions[0]
     resp = parse_response(c.text)
     if resp.reached_goal:

@@ -3,21 +3,29 @@ any of them verifies. The first verifying sample (in sample order) is the answer
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 from ..countdown import Puzzle, verify
 from ..trace import parse_response
-from .common import SearchRun, resolve_params
+from .common import SearchRun
 from .events import Event
+from .params import MAX_NEW_TOKENS_HELP, TEMPERATURE_HELP, TOP_K_HELP, SearchParams, param
 
-DEFAULTS = {"n": 16, "temperature": 0.7, "top_k": 0, "max_new_tokens": 96}
+
+@dataclass(frozen=True)
+class PassAtNParams(SearchParams):
+    n: int = param(16, "samples")
+    temperature: float = param(0.7, TEMPERATURE_HELP)
+    top_k: int = param(0, TOP_K_HELP)
+    max_new_tokens: int = param(96, MAX_NEW_TOKENS_HELP)
 
 
-def run_pass_at_n(puzzle: Puzzle, backend, params: dict | None = None, seed: int = 0) -> Iterator[Event]:
-    p = resolve_params(DEFAULTS, params)
-    run = SearchRun("pass@n", puzzle, backend, p, seed)
-    (expansion,) = yield from run.expand([[]], p["n"], temperature=p["temperature"],
-                                         max_new_tokens=p["max_new_tokens"], top_k=p["top_k"], emit_samples=False)
+def run_pass_at_n(puzzle: Puzzle, backend, params: PassAtNParams | dict | None = None, seed: int = 0) -> Iterator[Event]:
+    p = PassAtNParams.coerce(params)
+    run = SearchRun("pass@n", puzzle, backend, p.record(), seed)
+    (expansion,) = yield from run.expand([[]], p.n, temperature=p.temperature,
+                                         max_new_tokens=p.max_new_tokens, top_k=p.top_k, emit_samples=False)
     found = None
     for i, c in enumerate(expansion.completions):
         yield from run.sample_events(expansion.node, i, c)
@@ -27,6 +35,6 @@ def run_pass_at_n(puzzle: Puzzle, backend, params: dict | None = None, seed: int
             yield run.add_candidate(resp.lines, c.mean_logprob)
             found = found or (resp.lines, c.mean_logprob)
     if found is None:
-        yield from run.finish(None, None, f"none of {p['n']} samples verifies; best attempt shown")
+        yield from run.finish(None, None, f"none of {p.n} samples verifies; best attempt shown")
     else:
         yield from run.finish(found[0], found[1], "first sample that the verifier accepts (oracle)")
