@@ -16,11 +16,16 @@ for n in 3 4; do
       sbt bench "${common[@]}" --model "countdown$n-sft" --methods greedy,beam,best-of-n --n 8,16,32
       sbt bench "${common[@]}" --model "countdown$n-sft" --methods pass@n --n 32
     fi
-    sbt bench "${common[@]}" --model "countdown$n-backtrack" --methods greedy,self-backtrack --n 8,16,32 --b 0,1
+    sbt bench "${common[@]}" --model "countdown$n-backtrack" --methods greedy,beam,self-backtrack --n 8,16,32 --b 0,1
     sbt bench "${common[@]}" --model "countdown$n-backtrack" --methods pass@n,dfs --n 32
   done
   [ "$n" = 4 ] && sbt bench --split test_new --limit "$limit" --seed 0 --no-trace -q --model countdown4-backtrack \
     --methods self-backtrack --n 32 --b 1 --temperature 1.0
+  # the authors' Algorithm 1 (sqrt(N) states a round, visited states skipped, summed duplicate scores) beside ours
+  if python -c "import llama_cpp" 2>/dev/null; then
+    sbt bench --split test_new --limit "$limit" --seed 0 --no-trace -q --temperature 0.7 --model "countdown$n-backtrack" \
+      --methods self-backtrack --n 8,32 --b 1,2 --param variant=all-states,authors --backend llama
+  fi
 done
 # llama.cpp backend on the shipped GGUFs (parity of self-backtracking accuracy with torch)
 if [ -f models/countdown4-backtrack/model-q8_0.gguf ] && python -c "import llama_cpp" 2>/dev/null; then

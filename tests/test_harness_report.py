@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 import sys
 
 import pytest
@@ -234,3 +235,22 @@ def test_shipped_sha_of_a_model_and_of_its_gguf_label(tmp_path, monkeypatch):
     # a llama.cpp run is labelled NAME:QUANT and hashed over its GGUF file
     assert _shipped_sha("m4:q8_0") == hashlib.sha256(b"GGUF q8").hexdigest() != _shipped_sha("m4")
     assert _shipped_sha("m4:q4_0") is None and _shipped_sha("nope") is None
+
+
+def test_paper_table_is_the_whole_of_table_1_quoted_exactly():
+    from harness import paper
+
+    assert len(paper.TABLE) == len(paper.MODEL_KIND) == 13
+    assert len({label for label, *_ in paper.TABLE}) == 13
+    new_1b = {label: values[1] for label, _, _, values in paper.TABLE}
+    head = paper.HEADLINE
+    assert (new_1b["SFT on optimal paths, greedy"], new_1b["self-backtracking b=1, N=32"]) == (head["from"], head["to"])
+    assert round(head["to"] - head["from"], 2) == head["points"] and round(head["to"] / head["from"], 2) == head["ratio"]
+    shared = Path(__file__).resolve().parents[2] / "shared" / "PAPER.md"  # the brief's copy, where present
+    if shared.is_file():
+        quoted = {}
+        for line in shared.read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 5 and all(c.replace(".", "").isdigit() for c in cells[1:]):
+                quoted[cells[0]] = [float(c) for c in cells[1:]]
+        assert sorted(quoted.values()) == sorted(values for *_, values in paper.TABLE)

@@ -12,13 +12,12 @@ deterministic, instant and needs no weights.
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from typing import Iterator
 
 from sbt_core.backends.scripted import ScriptedBackend
 from sbt_core.countdown import Puzzle, apply_step, legal_steps, state_after
 from sbt_core.limits import SEARCH_MAXIMUM
-from sbt_core.search.events import Done, Event
+from sbt_core.search.events import Event
 from sbt_core.solver import is_solvable, random_solution
 from sbt_core.trace import BACKTRACK, GOAL, parse_prompt
 
@@ -80,8 +79,8 @@ class DemoBackend(ScriptedBackend):
 def demo_events(puzzle: Puzzle, n: int = 4, b: int = 1, seed: int = 0, p_good: float = 0.3) -> Iterator[Event]:
     """The event stream of ``self-backtrack`` (N=``n``, b=``b``, at most ``DEMO_STATES``
     states a round) on the simulated model, its result labelled ``demo``."""
-    from sbt_core.search import METHODS
+    from sbt_core.search.self_backtrack import SelfBacktrackParams, search
 
-    params = {"n": n, "b": b, "max_states": DEMO_STATES, "max_new_tokens": SEARCH_MAXIMUM["max_new_tokens"]}
-    for ev in METHODS["self-backtrack"].run(puzzle, DemoBackend(p_good), params, seed):
-        yield Done(replace(ev.result, method=DEMO)) if isinstance(ev, Done) else ev
+    p = SelfBacktrackParams.layered({"n": n, "b": b, "max_states": DEMO_STATES,
+                                     "max_new_tokens": SEARCH_MAXIMUM["max_new_tokens"]})
+    return search(puzzle, DemoBackend(p_good), p, seed, DEMO, p.record())

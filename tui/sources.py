@@ -27,9 +27,6 @@ class ModelUnavailable(SbtError):
     """The chosen method needs a model that cannot be opened."""
 
 
-FALLBACK_TEMPERATURE = 0.7  # a model without search_defaults.json: the paper's
-
-
 @dataclass
 class Settings:
     method: str = "self-backtrack"
@@ -44,20 +41,19 @@ class Settings:
     options: object = None  # sbt_core.settings.BackendOptions from the command line (None: the environment)
 
     def params_for(self, puzzle: Puzzle) -> dict:
-        """The method parameters for this puzzle: an unset temperature is the one the model
-        that will run it recommends (``search_defaults.json``; the default model depends
-        on the puzzle's size), else 0.7, as in ``sbt solve``."""
-        return {"n": self.n, "b": self.b, "temperature": self.temperature_for(puzzle), **self.extra}
+        """The method parameters for this puzzle, layered as in ``sbt solve``
+        (``sbt_core.engine.Engine.params``): the method's defaults, then what the model that
+        will run it recommends (``search_defaults.json``; the default model depends on the
+        puzzle's size), then these settings (an unset temperature is the model's)."""
+        from sbt_core.engine import Engine
+        from sbt_core.search import METHODS, method_params
 
-    def temperature_for(self, puzzle: Puzzle) -> float:
-        if self.temperature is not None:
-            return self.temperature
-        from sbt_core.models import search_defaults
-
+        method = self.method if self.method in METHODS else "self-backtrack"  # the demo runs Algorithm 1
+        given = {"n": self.n, "b": self.b, "temperature": self.temperature, **self.extra}
         try:
-            return search_defaults(self.model, len(puzzle.numbers)).get("temperature", FALLBACK_TEMPERATURE)
-        except SbtError:  # an unreadable file: opening the model reports what is wrong
-            return FALLBACK_TEMPERATURE
+            return Engine(self.model, self.backend, len(puzzle.numbers), self.options, allow_hidden=True).params(method, given)
+        except SbtError:  # an unreadable search_defaults.json: opening the model reports what is wrong
+            return method_params(method, given)
 
 
 def method_names() -> list[str]:

@@ -10,16 +10,13 @@ from typing import Iterator
 
 from ..countdown import Puzzle
 from .events import Event
-from .params import MAX_NEW_TOKENS_HELP, TEMPERATURE_HELP, TOP_K_HELP, SearchParams, param
+from .params import SamplingParams
 from .self_backtrack import SelfBacktrackParams, search
 
 
 @dataclass(frozen=True)
-class BestOfNParams(SearchParams):
-    n: int = param(16, "samples")
-    temperature: float = param(0.7, TEMPERATURE_HELP)
-    top_k: int = param(0, TOP_K_HELP)
-    max_new_tokens: int = param(96, MAX_NEW_TOKENS_HELP)
+class BestOfNParams(SamplingParams):
+    pass
 
 
 def run_best_of_n(puzzle: Puzzle, backend, params: BestOfNParams | dict | None = None,

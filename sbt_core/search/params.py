@@ -68,3 +68,13 @@ N_HELP = "samples per expanded state"
 TEMPERATURE_HELP = "sampling temperature (0: greedy)"
 TOP_K_HELP = "sample among the k most likely tokens (0: all)"
 MAX_NEW_TOKENS_HELP = "tokens one sample may generate"
+
+
+@dataclass(frozen=True)
+class SamplingParams(SearchParams):
+    """N samples from the root (best-of-n, pass@n)."""
+
+    n: int = param(16, "samples")
+    temperature: float = param(0.7, TEMPERATURE_HELP)
+    top_k: int = param(0, TOP_K_HELP)
+    max_new_tokens: int = param(96, MAX_NEW_TOKENS_HELP)

@@ -10,15 +10,12 @@ from ..countdown import Puzzle, verify
 from ..trace import parse_response
 from .common import SearchRun
 from .events import Event
-from .params import MAX_NEW_TOKENS_HELP, TEMPERATURE_HELP, TOP_K_HELP, SearchParams, param
+from .params import SamplingParams
 
 
 @dataclass(frozen=True)
-class PassAtNParams(SearchParams):
-    n: int = param(16, "samples")
-    temperature: float = param(0.7, TEMPERATURE_HELP)
-    top_k: int = param(0, TOP_K_HELP)
-    max_new_tokens: int = param(96, MAX_NEW_TOKENS_HELP)
+class PassAtNParams(SamplingParams):
+    pass
 
 
 def run_pass_at_n(puzzle: Puzzle, backend, params: PassAtNParams | dict | None = None, seed: int = 0) -> Iterator[Event]:
