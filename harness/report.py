@@ -337,6 +337,67 @@ def save_plots(curves: Sequence[Curve], paths: Sequence[str | Path], with_paper:
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     fig.suptitle("Test-time scaling on Countdown")
     fig.tight_layout()
+    return _save_figure(fig, plt, paths, "--plot")
+
+
+def compute_series(rows: Sequence[LeaderRow]) -> dict[tuple, list[LeaderRow]]:
+    """Runs grouped for the equal-compute plot: (split, model, method and its params but
+    N, b and width) -> the runs, fewest generated tokens per puzzle first (runs without
+    tokens, e.g. the exact solver, are left out)."""
+    series: dict[tuple, list[LeaderRow]] = {}
+    for r in rows:
+        if r.n == 0 or not r.tokens_per_puzzle:
+            continue
+        rest = {k: v for k, v in r.params.items() if k not in ("n", "b", "width")}
+        series.setdefault((r.split, r.model or "-", format_label(r.method, rest)), []).append(r)
+    return {k: sorted(v, key=lambda r: r.tokens_per_puzzle) for k, v in sorted(series.items())}
+
+
+def save_compute_plot(rows: Sequence[LeaderRow], paths: Sequence[str | Path]) -> list[Path]:
+    """Accuracy against generated tokens per puzzle (log axis) for every run: one panel per
+    split, one series per model and method (with its settings but N / b / width, which move
+    along the series; each point is labelled with them), 95% Wilson bars; oracle methods
+    (they use the verifier) dotted and hollow. Read "matches pass@32" at equal cost here."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = compute_series(rows)
+    splits = sorted({split for split, _, _ in series})
+    if not splits:
+        return []
+    fig, axs = plt.subplots(len(splits), 1, figsize=(11, 6.5 * len(splits)), squeeze=False)
+    for ax, split in zip(axs[:, 0], splits):
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
+        for (s_, model, name), runs in series.items():
+            if s_ != split:
+                continue
+            xs = [r.tokens_per_puzzle for r in runs]
+            ys = [100 * r.accuracy for r in runs]
+            err = [[100 * (r.accuracy - r.ci_low) for r in runs], [100 * (r.ci_high - r.accuracy) for r in runs]]
+            oracle = runs[0].oracle
+            bars = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, linestyle=":" if oracle else "-",
+                               markerfacecolor="none" if oracle else None,
+                               label=f"{name} · {model}" + (" (oracle)" if oracle else ""))
+            for r, x, y in zip(runs, xs, ys):
+                knob = " ".join(f"{k}={r.params[k]}" for k in ("n", "b", "width") if k in r.params)
+                if knob:
+                    ax.annotate(knob, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6,
+                                color=bars[0].get_color())
+        ax.set_xscale("log")
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("generated tokens per puzzle (log)")
+        ax.set_ylabel("accuracy (%), 95% Wilson interval")
+        ax.set_title(split, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle("Accuracy at equal compute on Countdown")
+    fig.tight_layout()
+    return _save_figure(fig, plt, paths, "--compute-plot")
+
+
+def _save_figure(fig, plt, paths: Sequence[str | Path], what: str) -> list[Path]:
     written = []
     try:
         for p in paths:
@@ -344,7 +405,7 @@ def save_plots(curves: Sequence[Curve], paths: Sequence[str | Path], with_paper:
             buf = io.BytesIO()
             fig.savefig(buf, format=p.suffix.lower().lstrip(".") or "png",
                         dpi=140 if p.suffix.lower() == ".png" else None)
-            written.append(write_atomic(p, buf.getvalue(), what="--plot"))
+            written.append(write_atomic(p, buf.getvalue(), what=what))
     finally:
         plt.close(fig)
     return written
@@ -588,5 +649,5 @@ def format_from_suffix(path: str | Path) -> str | None:
 
 
 __all__ = ["wilson", "leaderboard", "scaling_curves", "build_report", "render", "render_text", "export", "save_plots",
-           "terminal_plots", "to_csv", "to_json", "to_markdown", "Report", "LeaderRow", "Curve", "format_params",
+           "terminal_plots", "save_compute_plot", "compute_series", "to_csv", "to_json", "to_markdown", "Report", "LeaderRow", "Curve", "format_params",
            "json_safe", "strict_json", "write_atomic"]

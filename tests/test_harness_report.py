@@ -191,6 +191,22 @@ def test_save_plots(tmp_path, store):
     assert save_plots([], [tmp_path / "none.png"]) == []
 
 
+def test_compute_plot_puts_every_run_at_its_generated_tokens(tmp_path, store):
+    from harness.report import compute_series, save_compute_plot
+
+    rows = build_report(store).rows
+    series = compute_series(rows)
+    assert all(r.tokens_per_puzzle for runs in series.values() for r in runs)  # exact: no tokens, left out
+    assert not any(r.method == "exact" for runs in series.values() for r in runs)
+    for runs in series.values():  # N / b / width move along a series; everything else splits it
+        assert len({(r.split, r.model, r.method) for r in runs}) == 1
+        assert [r.tokens_per_puzzle for r in runs] == sorted(r.tokens_per_puzzle for r in runs)
+    assert sum(len(v) for v in series.values()) == sum(1 for r in rows if r.n and r.tokens_per_puzzle)
+    png = tmp_path / "c.png"
+    assert save_compute_plot(rows, [png]) == [png] and png.read_bytes()[:4] == b"\x89PNG"
+    assert save_compute_plot([], [tmp_path / "none.png"]) == [] and not (tmp_path / "none.png").exists()
+
+
 def test_cli_report(tmp_path, monkeypatch, capsys):
     from sbt_cli.app import main
 
