@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .countdown import Puzzle
@@ -38,7 +37,6 @@ class Engine:
     options: BackendOptions | None = None
     allow_hidden: bool = False  # the scripted perfect model (tests, the TUI's demo); never a user's command
     _backend: Any = field(default=None, repr=False)
-    _model_path: Path | None = field(default=None, repr=False)
     _defaults: dict | None = field(default=None, repr=False)
 
     @property
@@ -84,21 +82,6 @@ class Engine:
             self._backend = backends.load_backend(self.model, self.backend_name, self.n_numbers, options=self.options,
                                                   **({"allow_hidden": True} if self.allow_hidden else {}))
         return self._backend
-
-    @property
-    def model_path(self) -> Path | None:
-        """What the model name resolves to for this backend (a directory, or a GGUF for
-        llama; None for a backend without models), without opening it."""
-        if self._model_path is None:
-            from .backends import resolve_for
-
-            self._model_path = resolve_for(self.backend_name, self.model, self.n_numbers)
-        return self._model_path
-
-    @property
-    def model_dir(self) -> Path | None:
-        path = self.model_path
-        return path.parent if path is not None and path.is_file() else path
 
     @property
     def model_name(self) -> str | None:
