@@ -395,6 +395,39 @@ class Store:
         row = self.query("select count(*) n, coalesce(sum(solved), 0) k from results where run_id = ?", [run_id])[0]
         return row["n"], row["k"]
 
+    def result_counts(self) -> dict[int, tuple[int, int]]:
+        """(results, solved) of every run, by run id, in one query."""
+        return {r["run_id"]: (r["n"], r["k"]) for r in self.query(
+            "select run_id, count(*) n, coalesce(sum(solved), 0) k from results group by run_id")}
+
+    def traced_results(self, failed_only: bool = False, limit: int = 2000) -> list[dict]:
+        """Per-puzzle results that have a stored trace (not the trace itself), newest run
+        first, with their run's method, params, model, split and seed as ``run_*`` and their
+        row id as ``rid`` (the TUI's replay list). Reads databases of every schema version."""
+        cols = set(self.db["results"].columns_dict)
+        if "trace" not in cols:
+            return []
+        run_cols = set(self.db["runs"].columns_dict)
+        pick = [c for c in ("method", "params", "model", "split", "seed") if c in run_cols]
+        sel = ", ".join(f"runs.{c} as run_{c}" for c in pick)
+        rid = "results.id as rid" if "id" in cols else "results.rowid as rid"
+        where = "results.trace is not null" + (" and results.solved = 0" if failed_only else "")
+        return self.query(
+            f"select {rid}, results.run_id, results.numbers, results.target, results.solved, "
+            f"{'results.failure' if 'failure' in cols else 'null'} as failure, "
+            f"{'results.backtracks' if 'backtracks' in cols else 'null'} as backtracks"
+            f"{', ' + sel if sel else ''} from results left join runs on runs.id = results.run_id "
+            f"where {where} order by results.run_id desc, rid limit ?", [limit])
+
+    def result_by_id(self, rid: int) -> dict | None:
+        """One result row by its id (rowid in an older schema), trace as JSON text."""
+        key = "id" if "id" in self.db["results"].columns_dict else "rowid"
+        rows = self.query(f"select * from results where {key} = ?", [rid])
+        if not rows:
+            return None
+        rows[0]["trace"] = trace_text(rows[0].get("trace"))
+        return rows[0]
+
     # -- expert iteration
 
     def record_iteration(self, experiment: str, round: int, **fields: Any) -> dict:

@@ -253,16 +253,16 @@ async def test_draw_random_puzzle_from_split(tmp_path):
 
 
 def _results_db(path, events) -> None:
-    conn = sqlite3.connect(path)
-    conn.execute("create table runs (id integer primary key, method text, params text, seed int)")
-    conn.execute("create table results (run_id int, puzzle_index int, numbers text, target int, solved int, "
-                 "failure text, steps text, backtracks int, trace text)")
-    conn.execute("insert into runs values (1, 'self-backtrack', '{}', 0)")
-    conn.execute("insert into results values (1, 0, '[4, 5, 3]', 27, 1, null, '[]', 8, ?)",
-                 (json.dumps([e.to_json() for e in events]),))
-    conn.execute("insert into results values (1, 1, '[4, 5, 3]', 27, 0, 'no_answer', '[]', 0, null)")
-    conn.commit()
-    conn.close()
+    """A results database as `sbt bench` writes it (harness.store): one traced result, one not."""
+    from harness.store import open_store
+
+    store = open_store(path)
+    run, _ = store.get_or_create_run({"method": "self-backtrack", "params": {}, "puzzles_sha256": "t", "seed": 0})
+    store.add_result(run["id"], {"puzzle_index": 0, "numbers": [4, 5, 3], "target": 27, "solved": True,
+                                 "steps": [], "backtracks": 8, "trace": [e.to_json() for e in events]})
+    store.add_result(run["id"], {"puzzle_index": 1, "numbers": [4, 5, 3], "target": 27, "solved": False,
+                                 "failure": "no_answer", "steps": [], "backtracks": 0, "trace": None})
+    store.close()
 
 
 @sync

@@ -160,19 +160,16 @@ def default_db() -> Path:
     return default_db_path()
 
 
-def _connect(db: Path) -> sqlite3.Connection:
-    """A read-only connection that creates and changes nothing (``harness.store.connect_readonly``)."""
-    from harness.store import connect_readonly
+def _read(db: Path, fn):
+    """``fn(store)`` on a read-only view of the results database (``harness.store.read_only``:
+    creates and changes nothing); one ``SbtError`` line when it is missing or unusable."""
+    from harness.store import read_only
 
     if not db.is_file():
         raise SbtError(f"no results database at {db} (run `sbt bench` first)")
-    conn, _ = connect_readonly(db)
     try:
-        conn.row_factory = sqlite3.Row
-        conn.execute("select 1 from results limit 1")
-        return conn
+        return read_only(db, fn)
     except sqlite3.Error as exc:
-        conn.close()
         raise SbtError(f"{db}: not a results database ({exc})") from None
 
 
@@ -185,27 +182,7 @@ def stored_results(db: Path | None = None, failed_only: bool = False, limit: int
 
     The text fields in ``DISPLAY_TEXT`` are escaped for Rich markup, ready to display: a
     hand-edited ``[/]`` in a method name is shown as is, never read as markup."""
-    db = Path(db or default_db())
-    conn = _connect(db)
-    try:
-        cols = {r["name"] for r in conn.execute("pragma table_info(results)")}
-        if "trace" not in cols:
-            return []
-        run_cols = {r["name"] for r in conn.execute("pragma table_info(runs)")}
-        pick = [c for c in ("method", "params", "model", "split", "seed") if c in run_cols]
-        sel = ", ".join(f"runs.{c} as run_{c}" for c in pick)
-        rid = "results.rowid as rid" if "id" not in cols else "results.id as rid"
-        where = "results.trace is not null" + (" and results.solved = 0" if failed_only else "")
-        sql = (f"select {rid}, results.run_id, results.numbers, results.target, results.solved, "
-               f"{'results.failure' if 'failure' in cols else 'null'} as failure, "
-               f"{'results.backtracks' if 'backtracks' in cols else 'null'} as backtracks"
-               f"{', ' + sel if sel else ''} from results left join runs on runs.id = results.run_id "
-               f"where {where} order by results.run_id desc, rid limit ?")
-        rows = [dict(r) for r in conn.execute(sql, (limit,))]
-    except sqlite3.Error as exc:
-        raise SbtError(f"{db}: cannot read stored results ({exc})") from None
-    finally:
-        conn.close()
+    rows = _read(Path(db or default_db()), lambda store: store.traced_results(failed_only, limit))
     from rich.markup import escape
 
     for r in rows:
@@ -220,22 +197,11 @@ def stored_results(db: Path | None = None, failed_only: bool = False, limit: int
 
 
 def stored_trace(rid: int, db: Path | None = None) -> Trace:
-    db = Path(db or default_db())
-    conn = _connect(db)
-    try:
-        cols = {r["name"] for r in conn.execute("pragma table_info(results)")}
-        key = "id" if "id" in cols else "rowid"
-        row = conn.execute(f"select * from results where {key} = ?", (rid,)).fetchone()
-    except sqlite3.Error as exc:
-        raise SbtError(f"{db}: cannot read result {rid} ({exc})") from None
-    finally:
-        conn.close()
+    row = _read(Path(db or default_db()), lambda store: store.result_by_id(rid))
     if row is None or not row["trace"]:
         raise SbtError(f"result {rid} has no stored trace")
-    from harness.store import trace_text  # (compressed, or JSON text in an older database)
-
     try:
-        events = json.loads(trace_text(row["trace"]))
+        events = json.loads(row["trace"])
     except ValueError:
         raise SbtError(f"result {rid}: its trace is not JSON") from None
     t = trace_from_json(events, label=f"results.db #{rid}")
