@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import sqlite3
 
 import pytest
 from rich.console import Console
