@@ -19,8 +19,8 @@ def tui(
     device: Optional[str] = typer.Option(None, "--device", help=FLAG_HELP["device"]),
     threads: Optional[int] = typer.Option(None, "--threads", help=FLAG_HELP["threads"]),
     quant: Optional[str] = typer.Option(None, "--quant", help=FLAG_HELP["quant"]),
-    n: int = typer.Option(8, "--n", help="samples per expansion"),
-    b: int = typer.Option(1, "--b", help="backtracking budget (rounds of re-expansion)"),
+    n: Optional[int] = typer.Option(None, "--n", help="samples per expansion (default: sbt solve's, 16)"),
+    b: Optional[int] = typer.Option(None, "--b", help="backtracking budget, rounds of re-expansion (default: sbt solve's, 1)"),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="sampling temperature (default: what "
                                                 "the model for each puzzle recommends in search_defaults.json, else 0.7)"),
     seed: int = typer.Option(0, "--seed", help="random seed"),
@@ -44,7 +44,8 @@ def tui(
     # a puzzle that cannot be read opens the app with it in the box and the error under it
     loaded = load_trace_file(trace) if trace is not None else None
     options = backend_options(backend, dtype=dtype, device=device, threads=threads, quant=quant)
-    settings = Settings(method=method, n=n, b=b, temperature=temperature, seed=seed, model=model,  # None: per puzzle
+    budgets = {k: v for k, v in (("n", n), ("b", b)) if v is not None}  # unset: the defaults of sbt solve
+    settings = Settings(method=method, **budgets, temperature=temperature, seed=seed, model=model,  # None: per puzzle
                         backend=backend, split=split, options=options)
     SbtApp(puzzle, settings, trace=loaded, speed=speed, db=db).run()
 

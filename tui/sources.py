@@ -17,6 +17,7 @@ from typing import Callable
 from sbt_core.countdown import Puzzle
 from sbt_core.errors import SbtError
 from sbt_core.search.events import Done, Event, SearchResult, event_from_json
+from sbt_core.search.self_backtrack import SelfBacktrackParams
 
 from .demo import DEMO, demo_events
 
@@ -30,8 +31,8 @@ class ModelUnavailable(SbtError):
 @dataclass
 class Settings:
     method: str = "self-backtrack"
-    n: int = 8
-    b: int = 1
+    n: int = SelfBacktrackParams.n  # the budgets of `sbt solve` (self-backtracking's defaults)
+    b: int = SelfBacktrackParams.b
     temperature: float | None = None  # None: what the puzzle's model recommends
     seed: int = 0
     model: str | None = None
