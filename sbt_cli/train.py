@@ -27,7 +27,9 @@ def train_cmd(
     honest_last: float = typer.Option(0.0, "--honest-last", min=0.0, max=1.0, help="share of paths that also get a last step with its true result (another operation, missing the target) then <backtrack>; the result is trained, so last steps are computed, not copied from the target"),
     own_errors: float = typer.Option(1.0, "--own-errors", help="with --paths from `sbt harvest --mistakes`: share of the model's own false goal claims made into backtracking examples"),
     size: str = typer.Option("small", "--size", help="tiny|small|medium|large (ignored with --base-model)"),
-    base_model: Optional[Path] = typer.Option(None, "--base-model", help="fine-tune a local HF causal-LM dir"),
+    base_model: Optional[Path] = typer.Option(None, "--base-model", help="fine-tune a local Hugging Face causal-LM directory (GPT-2, Llama, Qwen2, Mistral, ... with its own tokenizer; safetensors; or an adapter dir of `--lora`)"),
+    lora: int = typer.Option(0, "--lora", help="with --base-model: train LoRA adapters of this rank (peft: pip install 'sbt[hf]') and save an adapter directory (sbt loads it merged)"),
+    merge: bool = typer.Option(False, "--merge", help="with --lora: save the adapters merged into the model (a plain model directory)"),
     train_puzzles: Optional[int] = typer.Option(None, "--train-puzzles", help="use the first N train puzzles (with --paths: the first N paths)"),
     paths: Optional[Path] = typer.Option(None, "--paths", help="train on the verified solution paths in this JSONL ({numbers, target, steps} per line, e.g. `sbt harvest` output) instead of solver paths; with --data op+back the backtracking examples are built on them"),
     extra_puzzles: Optional[Path] = typer.Option(None, "--extra-puzzles", help="also train on the solver paths of the puzzles in this JSONL (e.g. data/countdown3-small/train.jsonl from `sbt data generate --max-number 12`)"),
@@ -70,7 +72,8 @@ def train_cmd(
                       batch_size=batch_size, lr=lr, seed=seed, eval_every=500 if eval_every is None else eval_every,
                       eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, compile=compile_, threads=threads, ema=ema,
                       paths_file=str(paths) if paths else None, extra_puzzles=str(extra_puzzles) if extra_puzzles else None,
-                      preset=recipe, **({"max_tokens": int(tokens)} if tokens is not None else {}))
+                      preset=recipe, lora=lora, merge=merge,
+                      **({"max_tokens": int(tokens)} if tokens is not None else {}))
     if resume:
         cfg = _resumed_config(ctx, cfg, out)
     if not (Path(cfg.data_dir) / "train.jsonl").is_file():
@@ -81,13 +84,16 @@ def train_cmd(
     if not (Path(cfg.data_dir) / "val.jsonl").is_file():
         raise SbtError(f"no validation split in {cfg.data_dir} (val.jsonl); run: sbt data generate --numbers {numbers} "
                        f"--out {cfg.data_dir}")
-    if cfg.base_model:  # its config.json's sizes are checked before anything is built (no huge allocation)
-        from sbt_core.models import read_config
+    if cfg.lora:  # before anything loads: one line naming the extra
+        from training.base_model import check_lora_available
 
-        try:
-            read_config(Path(cfg.base_model))
-        except SbtError as exc:
-            raise SbtError(f"--base-model: {exc}") from None
+        check_lora_available()
+    if cfg.base_model:  # its config.json's sizes, weights (safetensors only) and tokenizer are checked before
+        # anything is built or written (no huge allocation, no pickle)
+        from training.base_model import check_base, check_base_dir
+
+        check_base_dir(cfg.base_model)  # (without transformers: a bad directory is refused at once)
+        check_base(cfg.base_model)
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -124,7 +130,8 @@ _SETTING = {"data_dir": "data_dir", "data": "data", "back_ratio": "back_ratio", 
             "base_model": "base_model", "train_puzzles": "train_puzzles", "paths": "paths_file",
             "extra_puzzles": "extra_puzzles", "tokens": "max_tokens", "batch_size": "batch_size", "lr": "lr",
             "seed": "seed", "eval_every": "eval_every", "eval_puzzles": "eval_puzzles", "ckpt_every": "ckpt_every",
-            "precision": "precision", "compile_": "compile", "threads": "threads", "ema": "ema", "recipe": "preset"}
+            "precision": "precision", "compile_": "compile", "threads": "threads", "ema": "ema", "recipe": "preset",
+            "lora": "lora", "merge": "merge"}
 _PATHS = ("data_dir", "base_model", "paths_file", "extra_puzzles")
 
 

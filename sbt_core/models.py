@@ -1,6 +1,9 @@
 """Where checkpoints live, the shipped defaults, and resolving a model by name or path.
 
-A model is a Hugging Face model directory (config.json, *.safetensors, tokenizer files).
+A model is a Hugging Face model directory (config.json, *.safetensors, tokenizer files; any
+causal-LM architecture transformers knows), or a LoRA adapter directory (adapter_config.json
+naming a local base directory, adapter_model.safetensors, tokenizer files) merged on load.
+Weights are safetensors only: a pickle checkpoint (pytorch_model.bin) is refused, never read.
 Named models live in ``models/`` next to the packages (override with ``SBT_MODELS_DIR``).
 """
 
@@ -59,14 +62,74 @@ def _candidates(text: str) -> list[Path]:
     return [models_dir() / text, path] if os.sep not in text and "/" not in text else [path]
 
 
-def check_model_dir(path: Path) -> None:
+def check_model_dir(path: Path, _depth: int = 0) -> None:
     """Raise ``SbtError`` unless ``path`` has a readable config (with sane values), weights
-    and a tokenizer. (That the weights match the config is ``check_weights``'s job.)"""
-    read_config(path)
+    and a tokenizer. (That the weights match the config is ``check_weights``'s job.)
+    Weights are safetensors only: a directory holding only a pickle checkpoint
+    (``pytorch_model.bin``) is refused, never loaded. A LoRA adapter directory (``sbt train
+    --lora``: adapter_config.json, adapter_model.safetensors, tokenizer) is checked with its
+    base model (``read_adapter_config``)."""
+    path = Path(path)
+    if is_adapter_dir(path):
+        read_adapter_config(path, _depth)
+    else:
+        read_config(path)
     if not weight_files(path):
-        raise SbtError(f"model directory {path} has no weights (*.safetensors or pytorch_model.bin)")
+        pickled = pickle_weight_files(path)
+        if pickled:
+            raise SbtError(f"model directory {path} has only pickle weights ({pickled[0].name}); sbt loads "
+                           "safetensors only (a pickle can run code): convert it to model.safetensors first")
+        raise SbtError(f"model directory {path} has no weights (*.safetensors)")
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise SbtError(f"model directory {path} has no tokenizer (tokenizer.json)")
+
+
+# --------------------------------------------------------------------------- LoRA adapters
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MAX_ADAPTER_DEPTH = 4  # an adapter on an adapter on ... (each one merged on load)
+
+
+def is_adapter_dir(path: Path) -> bool:
+    """A peft adapter directory (adapter_config.json, no config.json of its own)."""
+    path = Path(path)
+    return (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file()
+
+
+def read_adapter_config(path: Path, _depth: int = 0) -> dict:
+    """An adapter directory's adapter_config.json, checked: a LoRA adapter whose base model
+    (``base_model_name_or_path``) is a local model directory that passes
+    ``check_model_dir`` (itself possibly an adapter, up to ``MAX_ADAPTER_DEPTH``), with its
+    weights as safetensors. Returns the config with ``base_model_name_or_path`` resolved
+    (a relative path is taken from the adapter directory). Never downloads anything."""
+    path = Path(path)
+    file = path / ADAPTER_CONFIG
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise SbtError(f"adapter directory {path}: {ADAPTER_CONFIG} is unreadable ({shorten(str(exc), 120)})") from None
+    if not isinstance(config, dict):
+        raise SbtError(f"adapter directory {path}: {ADAPTER_CONFIG} is not a JSON object")
+    if config.get("peft_type") != "LORA":
+        raise SbtError(f"adapter directory {path}: only LoRA adapters are supported, got peft_type "
+                       f"{shorten(repr(config.get('peft_type')), 24)}")
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        pickled = [f for f in ("adapter_model.bin",) if (path / f).is_file()]
+        raise SbtError(f"adapter directory {path} has no {ADAPTER_WEIGHTS}"
+                       + (f" (only a pickle, {pickled[0]}: sbt loads safetensors only)" if pickled else ""))
+    base = config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise SbtError(f"adapter directory {path}: {ADAPTER_CONFIG} names no base model")
+    base_dir = Path(base).expanduser()
+    base_dir = base_dir if base_dir.is_absolute() else path / base_dir
+    if not base_dir.is_dir():
+        raise SbtError(f"adapter directory {path}: its base model {base} is not a local directory "
+                       "(sbt never downloads; put the base model there or merge the adapter: sbt train --merge)")
+    if _depth >= MAX_ADAPTER_DEPTH:
+        raise SbtError(f"adapter directory {path}: more than {MAX_ADAPTER_DEPTH} adapters stacked on each other")
+    check_model_dir(base_dir, _depth + 1)
+    return {**config, "base_model_name_or_path": str(base_dir.resolve())}
 
 
 # --------------------------------------------------------------------------- config.json
@@ -74,8 +137,12 @@ def check_model_dir(path: Path) -> None:
 # sizes a config.json may give (whole numbers, 1 .. MAX_MODEL_DIM; layers up to MAX_MODEL_LAYERS);
 # None means "the default" only where transformers allows it
 CONFIG_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                "intermediate_size", "max_position_embeddings", "head_dim")
-CONFIG_SIZES_OPTIONAL = ("num_key_value_heads", "head_dim")
+                "intermediate_size", "max_position_embeddings", "head_dim",
+                # the same sizes under other architectures' names (GPT-2, OPT, T5-style...)
+                "n_embd", "n_layer", "n_head", "n_inner", "n_positions", "n_ctx", "d_model", "num_layers", "n_layers",
+                "ffn_dim", "d_ff", "num_heads", "word_embed_proj_dim")
+CONFIG_SIZES_OPTIONAL = ("num_key_value_heads", "head_dim", "n_inner", "ffn_dim", "d_ff", "word_embed_proj_dim")
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 CONFIG_POSITIVE = ("rms_norm_eps", "rope_theta", "layer_norm_eps", "layer_norm_epsilon")  # finite, > 0
 LLAMA_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
@@ -105,7 +172,7 @@ def check_config(config: dict, where: Path | str) -> None:
     for key in CONFIG_SIZES:
         if key not in config or (config[key] is None and key in CONFIG_SIZES_OPTIONAL):
             continue
-        v, top = config[key], MAX_MODEL_LAYERS if key == "num_hidden_layers" else MAX_MODEL_DIM
+        v, top = config[key], MAX_MODEL_LAYERS if key in LAYER_KEYS else MAX_MODEL_DIM
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
             raise bad(key, f"a whole number from 1 to {top:,}")
     rope = config.get("rope_parameters")
@@ -245,8 +312,15 @@ def check_llama_weights(path: Path, config: dict | None = None) -> dict[str, tup
 
 
 def weight_files(path: Path) -> list[Path]:
-    files = sorted(path.glob("*.safetensors"))
-    return files or sorted(path.glob("pytorch_model*.bin"))
+    """The weight files of a model directory: safetensors only (never a pickle)."""
+    return sorted(Path(path).glob("*.safetensors"))
+
+
+def pickle_weight_files(path: Path) -> list[Path]:
+    """Pickle checkpoints in a model directory (``pytorch_model*.bin``, ``*.pt``...): refused."""
+    path = Path(path)
+    return sorted(f for pattern in ("pytorch_model*.bin", "adapter_model.bin", "*.pt", "*.pth", "*.ckpt")
+                  for f in path.glob(pattern))
 
 
 def files_sha256(files) -> str:
@@ -260,8 +334,14 @@ def files_sha256(files) -> str:
 
 
 def model_sha256(path: str | os.PathLike) -> str:
-    """sha256 over the weight files (sorted by name), as hex; identifies a checkpoint."""
-    return files_sha256(weight_files(Path(path)))
+    """sha256 over the weight files (sorted by name), as hex; identifies a checkpoint. An
+    adapter directory's: over its weights, then its base model's (what is merged on load)."""
+    path = Path(path)
+    files = weight_files(path)
+    if is_adapter_dir(path):
+        base = Path(read_adapter_config(path)["base_model_name_or_path"])
+        return hashlib.sha256((files_sha256(files) + model_sha256(base)).encode()).hexdigest()
+    return files_sha256(files)
 
 
 SEARCH_DEFAULTS_FILE = "search_defaults.json"

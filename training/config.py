@@ -18,6 +18,7 @@ from .data import Recipe
 from .model import SIZES
 
 PRECISIONS = ("auto", "fp32", "bf16", "bf16-master")  # see training/stepper.py
+MAX_LORA_RANK = 1024
 COMPILE = ("auto", "on", "off")
 
 # the command-line option of each setting (for messages)
@@ -27,7 +28,8 @@ FLAGS = {"data_dir": "--data-dir", "data": "--data", "back_ratio": "--back-ratio
          "max_tokens": "--tokens", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed",
          "eval_every": "--eval-every", "eval_puzzles": "--eval-puzzles", "ckpt_every": "--ckpt-every",
          "precision": "--precision", "compile": "--compile", "threads": "--threads", "ema": "--ema",
-         "paths_file": "--paths", "extra_puzzles": "--extra-puzzles", "preset": "--recipe"}
+         "paths_file": "--paths", "extra_puzzles": "--extra-puzzles", "preset": "--recipe", "lora": "--lora",
+         "merge": "--merge"}
 # settings that may differ between a run and its --resume: how long, how often to look, how
 # many threads; everything else defines the experiment (and ``out`` is where the run lives now)
 RESUMABLE = ("out", "max_tokens", "eval_every", "ckpt_every", "threads")
@@ -81,6 +83,10 @@ class TrainConfig:
     # of train.jsonl or --paths (e.g. small-number puzzles: `sbt data generate --max-number 12`)
     extra_puzzles: str | None = None
     preset: str = "sbt"  # --recipe: "paper" fixes the recipe settings to RECIPES["paper"]
+    # --lora R: train LoRA adapters of rank R on --base-model (0: train every weight); the
+    # output is an adapter directory, or with --merge the merged model (training/base_model.py)
+    lora: int = 0
+    merge: bool = False
 
     def __post_init__(self) -> None:
         self.kind_weights = tuple(self.kind_weights) if isinstance(self.kind_weights, (list, tuple)) else self.kind_weights
@@ -132,6 +138,13 @@ class TrainConfig:
         if not (isinstance(w, tuple) and len(w) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                               and math.isfinite(x) and x >= 0 for x in w) and sum(w) > 0):
             raise SbtError(f"--kinds must look like 1:2:2 (three non-negative weights, not all 0), got {w!r}")
+        check_range(self.lora, "--lora", 0, MAX_LORA_RANK, integer=True)
+        if not isinstance(self.merge, bool):
+            raise SbtError(f"--merge is a switch, got {self.merge!r}")
+        if self.lora and not self.base_model:
+            raise SbtError("--lora trains adapters on a --base-model; give one (or drop --lora)")
+        if self.merge and not self.lora:
+            raise SbtError("--merge merges LoRA adapters into the model; it needs --lora R")
         for name in ("base_model", "paths_file", "extra_puzzles"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise SbtError(f"{FLAGS[name]} must be a path, got {getattr(self, name)!r}")

@@ -322,14 +322,129 @@ def _lines(f, path):
         raise SbtError(f"cannot read paths file {path}: {exc}") from None
 
 
-def encode(example: Example, tokenizer, max_len: int = 256) -> tuple[list[int], list[int]]:
-    """Token ids (bos + text + eos) and labels (-100 where masked)."""
-    enc = tokenizer(example.text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, labels = [tokenizer.bos_token_id], [-100]
-    for tid, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+def encode(example: Example, tokenizer, max_len: int = 256,
+           prefix: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """Token ids (``prefix`` + text + eos) and labels (-100 where masked).
+
+    ``prefix``: what the tokenizer itself puts in front of a text (``sbt_core.hf.
+    special_prefix``: ``<bos>`` for sbt's tokenizer, nothing for one that adds no bos);
+    computed when not given. The masks come from the tokens' character offsets
+    (``tokens_on_cuts``): a token is trained when its characters are, and no token holds
+    characters of both kinds, so the trained tokens decode to exactly the trained text."""
+    if prefix is None:
+        from sbt_core.hf import special_prefix
+
+        prefix = special_prefix(tokenizer)
+    ids, labels = list(prefix), [-100] * len(prefix)
+    for tid, (start, end) in zip(*tokens_on_cuts(example, tokenizer)):
+        if start == end:  # (a token without characters: it goes with the character it stands before)
+            hidden = any(a <= start < b for a, b in example.masked)
+        else:
+            hidden = any(start >= a and end <= b for a, b in example.masked)
         ids.append(tid)
-        hidden = any(start >= a and end <= b for a, b in example.masked)
         labels.append(-100 if hidden else tid)
     ids.append(tokenizer.eos_token_id)
     labels.append(tokenizer.eos_token_id)
     return ids[:max_len], labels[:max_len]
+
+
+def tokens_on_cuts(example: Example, tokenizer) -> tuple[list[int], list[tuple[int, int]]]:
+    """The example's tokens and their character spans, with no token across a *cut*: the
+    end of the prompt and every edge of a masked span.
+
+    The text is encoded whole (``return_offsets_mapping``). Where a token holds characters
+    on both sides of a cut (a tokenizer that merges ``"\n9"`` across the prompt's end, or
+    ``" 12"`` across the masked ``"a op b = "`` of an honest-last example), it is split
+    there: the prompt part is the prompt encoded on its own (exactly what a backend feeds
+    the model at inference), any other part is the token's own string cut at that character
+    and tokenized by the tokenizer's model (BPE / Unigram pieces). sbt's tokenizer never
+    needs a split. ``SbtError`` if a split does not give back the same text."""
+    text = example.text
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, spans = list(enc["input_ids"]), _tiled(enc["offset_mapping"], len(text))
+    p_end = len(example.prompt)
+    cuts = sorted({c for span in example.masked for c in span if 0 < c < len(text)} | {p_end})
+    if not any(a < c < b for a, b in spans for c in cuts):
+        return ids, spans
+    out_ids: list[int] = []
+    out_spans: list[tuple[int, int]] = []
+    first, across = 0, any(a < p_end < b for a, b in spans)
+    if across:  # the prompt: as inference encodes it
+        head = tokenizer(example.prompt, add_special_tokens=False, return_offsets_mapping=True)
+        out_ids, out_spans = list(head["input_ids"]), _tiled(head["offset_mapping"], p_end)
+        first = next(i for i, (a, b) in enumerate(spans) if b > p_end)
+    for tid, (a, b) in zip(ids[first:], spans[first:]):
+        lo = max(a, p_end) if across else a  # (the prompt's part of a token across its end is in ``head``)
+        inside = [c for c in cuts if lo < c < b]
+        if lo == a and not inside:
+            out_ids.append(tid)
+            out_spans.append((a, b))
+            continue
+        for x, y, part in _token_parts(tokenizer, tid, a, b, [lo, *inside, b]):
+            out_ids += part
+            out_spans += [(x, y)] * len(part)
+    if tokenizer.decode(out_ids, skip_special_tokens=False) != tokenizer.decode(ids, skip_special_tokens=False):
+        raise SbtError(f"the tokenizer's tokens cannot be cut at sbt's mask boundaries: {text[:60]!r}... does not "
+                       "come back whole")
+    return out_ids, out_spans
+
+
+def _token_parts(tokenizer, tid: int, a: int, b: int, edges: list[int]):
+    """Token ``tid`` (text ``a..b``) as tokens of each part between ``edges`` (character
+    positions, the last one ``b``; a first edge after ``a`` drops the characters before
+    it): ``(lo, hi, ids)`` per part. The token's string maps onto its last ``b - a``
+    characters one to one (a leading word marker it adds, e.g. ``▁`` at the start of a
+    text, stays with the first part)."""
+    piece = tokenizer.convert_ids_to_tokens(tid)
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if not isinstance(piece, str) or len(piece) < b - a or model is None:
+        raise SbtError(f"the tokenizer's token {piece!r} holds text on both sides of a mask boundary and cannot be "
+                       "split (a fast tokenizer with BPE or Unigram pieces is needed)")
+    at = [0 if c == a else len(piece) - (b - c) for c in edges]  # character position -> position in the string
+    for lo, hi, x, y in zip(edges, edges[1:], at, at[1:]):
+        toks = model.tokenize(piece[x:y])
+        if "".join(t.value for t in toks) != piece[x:y]:
+            raise SbtError(f"the tokenizer cannot split its token {piece!r} at a mask boundary ({piece[x:y]!r} has no "
+                           "pieces of its own)")
+        yield lo, hi, [t.id for t in toks]
+
+
+def _tiled(offsets, length: int) -> list[tuple[int, int]]:
+    """Character spans that tile the text: a gap before a token (whitespace a tokenizer
+    trims from its offsets) goes to that token, an overlap is cut off, the end of the
+    last token is the end of the text."""
+    spans, prev = [], 0
+    for a, b in offsets:
+        a = prev
+        b = max(a, min(int(b), length))
+        spans.append((a, b))
+        prev = b
+    if spans and prev < length:
+        spans[-1] = (spans[-1][0], length)
+    return spans
+
+
+def trained_text(example: Example) -> list[str]:
+    """The runs of trained characters of ``example`` (what is not masked), in order."""
+    text, runs, pos = example.text, [], 0
+    for a, b in sorted(example.masked):
+        if a > pos:
+            runs.append(text[pos:a])
+        pos = max(pos, b)
+    if pos < len(text):
+        runs.append(text[pos:])
+    return runs
+
+
+def trained_tokens_text(tokenizer, ids: list[int], labels: list[int]) -> list[str]:
+    """The text of each run of trained tokens, decoded in context (the text the run adds to
+    what comes before it: a SentencePiece decoder drops a word marker only at the start)."""
+    runs, start = [], None
+    for i, lab in enumerate([*labels, -100]):
+        if lab != -100 and start is None:
+            start = i
+        elif lab == -100 and start is not None:
+            before = tokenizer.decode(ids[:start], skip_special_tokens=False)
+            runs.append(tokenizer.decode(ids[:i], skip_special_tokens=False)[len(before):])
+            start = None
+    return runs

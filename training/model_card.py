@@ -39,18 +39,65 @@ def transformers_section(model_ref: str, n_numbers: int) -> list[str]:
     ]
 
 
+def base_model_section(model_ref: str, n_numbers: int, info: dict) -> list[str]:
+    """What a card of a model fine-tuned from a brought base says about it (``sbt train
+    --base-model``): the base, its tokenizer, LoRA, and how plain transformers (and peft,
+    for an adapter directory) load it."""
+    base, cfg = info.get("base_model") or {}, info["config"]
+    lora = base.get("lora")
+    adapter = bool(lora) and not lora.get("merged")
+    question = SNIPPET_PUZZLES.get(n_numbers, SNIPPET_PUZZLES[4])
+    prefix = ", ".join(f"`{t}`" for t in base.get("prefix") or []) or "nothing"
+    lines = [
+        "## Base model",
+        "",
+        f"- base: `{base.get('path', cfg.get('base_model'))}` ({base.get('architecture')}, model_type "
+        f"`{base.get('model_type')}`, {base.get('params', 0) / 1e6:.1f}M parameters, weights sha256 "
+        f"`{str(base.get('sha256', ''))[:16]}`)",
+        f"- tokenizer: the base's own ({base.get('vocab', 0):,} tokens); added: "
+        + (", ".join(f"`{t}`" for t in base.get("added_tokens") or []) or "none")
+        + f" (new embedding rows start as the mean of the others); `Goal Reached!` is text; prompts start with "
+          f"{prefix} (what the tokenizer puts in front of a text itself)",
+    ]
+    if lora:
+        lines.append(f"- LoRA: rank {lora['r']}, alpha {lora['alpha']}, on all linear layers but the output head, "
+                     f"plus the added tokens' rows ({lora['trainable_params']:,} trained parameters); "
+                     + ("saved merged into the model" if not adapter else
+                        "saved as an adapter directory (adapter_config.json names the base directory); "
+                        "`sbt solve --model` merges it on load"))
+    lines += ["", "## With plain transformers", "", SNIPPET_MARK, "```python",
+              "from transformers import AutoModelForCausalLM, AutoTokenizer"]
+    if adapter:
+        lines += ["from peft import PeftModel",
+                  f'tok = AutoTokenizer.from_pretrained("{model_ref}")',
+                  f'base = AutoModelForCausalLM.from_pretrained("{base.get("path", cfg.get("base_model"))}")',
+                  "base.resize_token_embeddings(len(tok))  # the added tokens (their rows are in the adapter)",
+                  f'model = PeftModel.from_pretrained(base, "{model_ref}").merge_and_unload()']
+    else:
+        lines += [f'tok = AutoTokenizer.from_pretrained("{model_ref}")',
+                  f'model = AutoModelForCausalLM.from_pretrained("{model_ref}")']
+    lines += [f'inputs = tok("###Question: numbers {question}\\n###Response:\\n", return_tensors="pt")',
+              "out = model.generate(**inputs, max_new_tokens=96, do_sample=False)",
+              "print(tok.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=False))  # (<backtrack> is special)",
+              "```", ""]
+    return lines
+
+
 def render(model_dir: Path, accuracy: list[dict] | None = None) -> str:
     info = json.loads((model_dir / "training.json").read_text())
     cfg, data = info["config"], info["data"]
+    base = info.get("base_model")
+    arch = f"{base['architecture']} ({base['model_type']})" if base else "Llama-architecture"
     lines = [
         f"# {model_dir.name}",
         "",
-        f"A {info['params'] / 1e6:.1f}M-parameter Llama-architecture causal LM "
+        f"A {info['params'] / 1e6:.1f}M-parameter {arch} causal LM "
         + (f"fine-tuned from `{cfg['base_model']}` by `sbt train --base-model` " if cfg.get("base_model")
            else "trained from scratch by `sbt train` ")
         + f"on Countdown ({'optimal paths only (SFT baseline)' if cfg['data'] == 'op' else 'optimal paths + backtracking examples (self-backtracking)'}).",
         "",
-        *transformers_section(str(model_dir), int(_numbers(cfg))),
+        *(base_model_section(str(model_dir), int(_numbers(cfg)), info) if base
+          else transformers_section(str(model_dir), int(_numbers(cfg)))),
         "## Reproduce",
         "",
         "```bash",
@@ -62,11 +109,15 @@ def render(model_dir: Path, accuracy: list[dict] | None = None) -> str:
         "",
         f"- data: `{data['train_file']}`, {data['examples']:,} examples ({data['example_tokens']:,} tokens), "
         f"recipe {json.dumps(data['recipe'])}",
-        f"- model size `{cfg['size']}`, batch {cfg['batch_size']}, lr {cfg['lr']} (cosine, warm-up {cfg['warmup_steps']}), "
+        (f"- model: the base's ({'LoRA rank ' + str(cfg['lora']) if cfg.get('lora') else 'every weight trained'})"
+         if base else f"- model size `{cfg['size']}`") + f", batch {cfg['batch_size']}, lr {cfg['lr']} (cosine, warm-up {cfg['warmup_steps']}), "
         f"seed {cfg['seed']}" + (f", weights averaged (EMA decay {cfg['ema']}; evaluated and saved)" if cfg.get("ema") else ""),
         f"- {info['steps']:,} steps, {info['tokens']:,} training tokens, {info['wall_s'] / 60:.1f} minutes, "
         f"{info['precision']}",
-        f"- hardware: {info['hardware']}; torch {info['versions']['torch']}, transformers {info['versions']['transformers']}",
+        f"- recipe `{cfg.get('preset', 'sbt')}` (`sbt train --recipe`)"
+        + (f"; sbt {info['versions']['sbt']}" if info["versions"].get("sbt") else ""),
+        f"- hardware: {info['hardware']}; torch {info['versions']['torch']}, transformers {info['versions']['transformers']}"
+        + (f", peft {info['versions']['peft']}" if info["versions"].get("peft") else ""),
         "",
         "## Learning curve (greedy accuracy on val, strict verifier)",
         "",

@@ -4,7 +4,8 @@ Checkpoints every ``ckpt_every`` steps (model, optimizer, EMA, step) into ``out/
 as safetensors + JSON (``training/checkpoint.py``: data only, never a pickle) so a kill
 loses at most one interval; ``resume=True`` continues from it. The run holds the lock of
 ``out`` (``sbt_core.locks``) from start to end: a second writer is refused. The final
-output is a standard Hugging Face model directory plus ``training.json``.
+output is a standard Hugging Face model directory plus ``training.json`` (with ``--lora``:
+an adapter directory, or the merged model with ``--merge``; ``training/base_model.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from .config import TrainConfig
 from .data import build_examples, encode, path_examples
 from .ema import WeightAverage
 from .evaluate import greedy_accuracy
-from .model import new_model, save_model
+from .base_model import save_trained
+from .model import new_model
 from .stepper import Stepper, resolve_compile, resolve_precision
 
 __all__ = ["TrainConfig", "TrainState", "train", "lr_at"]
@@ -50,42 +52,30 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _load_tokenizer_and_model(cfg: TrainConfig, device):
+def _load_tokenizer_and_model(cfg: TrainConfig, device, log: Callable[[str], None] = print):
+    """(tokenizer, model, base info): sbt's tokenizer and a new model of ``cfg.size``, or
+    with ``cfg.base_model`` any local Hugging Face causal LM and its own tokenizer
+    (``training.base_model.load_base``: ``<backtrack>`` added, ``--lora`` adapters); base
+    info is what training.json records of the base (None from scratch)."""
     from sbt_core.tokenizer import build_tokenizer
-    from sbt_core.trace import BACKTRACK
 
+    info = None
     if cfg.base_model:
-        from transformers import AutoTokenizer
+        from .base_model import load_base
 
-        from sbt_core.backends.torch_backend import load_hf_model  # (no transformers progress bars in the log)
-
-        base = Path(cfg.base_model)
-        if not (base / "config.json").is_file():
-            raise SbtError(f"--base-model {base}: not a Hugging Face model directory (no config.json)")
-        try:
-            model = load_hf_model(base, torch.float32)
-            tok = AutoTokenizer.from_pretrained(base)
-        except SbtError as exc:  # (load_hf_model's checks of config.json and the weights)
-            raise SbtError(f"--base-model {base}: {exc}") from None
-        except Exception as exc:  # corrupt or foreign checkpoint
-            raise SbtError(f"--base-model {base}: cannot load ({type(exc).__name__}: {str(exc)[:120]})") from None
-        if BACKTRACK not in tok.get_vocab():  # (a model of ours already has it: keep its tokenizer as it is)
-            tok.add_special_tokens({"additional_special_tokens": [BACKTRACK]})
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        if tok.bos_token is None:
-            tok.bos_token = tok.eos_token
-        model.resize_token_embeddings(len(tok))
+        tok, model, info = load_base(cfg, log)
     else:
         tok = build_tokenizer()
         model = new_model(tok, cfg.size, seed=cfg.seed)
-    if cfg.attn and hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(cfg.attn)
-    return tok, model.to(device)
+        if cfg.attn and hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(cfg.attn)
+    return tok, model.to(device), info
 
 
 def _dataset(cfg: TrainConfig, tok, log) -> EncodedDataset:
     key = json.dumps([cfg.data_dir, cfg.train_puzzles, cfg.recipe().to_json(), cfg.seed, len(tok)], sort_keys=True)
+    if cfg.base_model:  # another tokenizer: its own cache (sbt's own keys stay as they were)
+        key += "tokenizer" + hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()
     if cfg.paths_file:  # the given paths (and their content) instead of train.jsonl
         if not Path(cfg.paths_file).is_file():
             raise SbtError(f"paths file not found: {cfg.paths_file}")
@@ -104,6 +94,9 @@ def _dataset(cfg: TrainConfig, tok, log) -> EncodedDataset:
         data.paths_info = info.get("paths_info")
         data.extra_info = info.get("extra_info")
         return data
+    from sbt_core.hf import special_prefix
+
+    prefix = special_prefix(tok)  # (once: what the tokenizer puts in front of a text, e.g. <bos>)
     paths_info = None
     if cfg.paths_file:
         counts: dict = {}
@@ -116,20 +109,20 @@ def _dataset(cfg: TrainConfig, tok, log) -> EncodedDataset:
             + (f"; {dups:,} duplicate puzzles dropped, the first line of each kept" if dups else "") + ")")
         if not examples:
             raise SbtError(f"{cfg.paths_file}: no verified paths to train on ({dropped:,} dropped)")
-        pairs = [encode(ex, tok) for ex in examples]
+        pairs = [encode(ex, tok, prefix=prefix) for ex in examples]
         paths_info = {"file": cfg.paths_file, "kept": kept, "dropped": dropped, "duplicates": dups,
                       "own_errors": own}
     else:
         train_file = Path(cfg.data_dir) / "train.jsonl"
         puzzles = read_puzzles(train_file, cfg.train_puzzles)
         log(f"building examples from {len(puzzles):,} puzzles ({cfg.data})")
-        pairs = [encode(ex, tok) for ex in build_examples(puzzles, cfg.recipe(), cfg.seed)]
+        pairs = [encode(ex, tok, prefix=prefix) for ex in build_examples(puzzles, cfg.recipe(), cfg.seed)]
     extra_info = None
     if cfg.extra_puzzles:
         extra = read_puzzles(cfg.extra_puzzles)
         examples = list(build_examples(extra, cfg.recipe(), cfg.seed + 1))
         log(f"+ {len(examples):,} examples ({cfg.data}) from the solver paths of {len(extra):,} puzzles in {cfg.extra_puzzles}")
-        pairs += [encode(ex, tok) for ex in examples]
+        pairs += [encode(ex, tok, prefix=prefix) for ex in examples]
         extra_info = {"file": cfg.extra_puzzles, "puzzles": len(extra), "examples": len(examples)}
     data = EncodedDataset(pairs)
     data.paths_info, data.extra_info = paths_info, extra_info
@@ -171,11 +164,12 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None],
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = _device()
-    tok, model = _load_tokenizer_and_model(cfg, device)
+    tok, model, base_info = _load_tokenizer_and_model(cfg, device, log)
     data = _dataset(cfg, tok, log)
     val = read_puzzles(Path(cfg.data_dir) / "val.jsonl", cfg.eval_puzzles)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    trained = [p for p in model.parameters() if p.requires_grad]  # (--lora: the adapters and new token rows)
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98),
                             fused=device.type == "cuda")
@@ -229,7 +223,7 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None],
         best = _best_so_far(best_file)
         if rep.accuracy > best:  # keep the best-on-val model too (model selection on val only)
             with shipped():
-                save_model(model, tok, out / "best")
+                save_trained(model, tok, out / "best", cfg)
             write_json(best_file, point)
 
     for step, epoch, batch in iterate(data, cfg.batch_size, cfg.seed, state.step):
@@ -259,7 +253,7 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None],
         evaluate()
     checkpoint()
     with shipped():
-        save_model(model, tok, out)
+        save_trained(model, tok, out, cfg)
     report = {
         "command": command,
         "config": asdict(cfg),
@@ -270,11 +264,18 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None],
         "steps": state.step, "tokens": state.tokens, "wall_s": round(time.time() - t_start, 1),
         "hardware": _hardware(device), "precision": {"bf16": "bf16-autocast"}.get(precision, precision),
         "compiled": stepper.compiled,
-        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+        "versions": {"sbt": __import__("sbt_core").__version__, "torch": torch.__version__,
+                     "transformers": __import__("transformers").__version__,
+                     **({"peft": __import__("peft").__version__} if cfg.lora else {})},
+        **({"base_model": base_info} if base_info else {}),
         "curve": state.curve,
         "final": state.curve[-1] if state.curve else None,
     }
     write_json(out / "training.json", report)
+    if base_info:  # a model card that names the base, the recipe and sbt's version (training/model_card.py)
+        from .model_card import render
+
+        (out / "README.md").write_text(render(out))
     return report
 
 

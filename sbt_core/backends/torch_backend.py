@@ -7,7 +7,15 @@ without its 3 s import); anything else loads with transformers ``AutoModelForCau
 decoded as a sampling tree (``decoding.sample_tree`` over ``_CacheRows``: one cache row per
 distinct prefix, finished rows dropped once they are a quarter of the batch); the draws, in
 sample order from one seeded ``torch.Generator`` per call, equal one cache row per sample.
-Beam search uses transformers' ``generate``. All log-probs are of the untempered distribution. Options
+Beam search uses transformers' ``generate``. All log-probs are of the untempered distribution.
+
+Bring your own model: any causal LM directory that transformers' ``AutoModelForCausalLM``
+loads (GPT-2, Llama, Qwen2, Mistral, ... with their own tokenizers; safetensors only, never
+a pickle, never remote code) runs here through transformers, on the same ``_CacheRows``
+decoder over a transformers ``DynamicCache``; a LoRA adapter directory (``sbt train
+--lora``) is merged into its base model on load (peft: the ``hf`` extra). Prompts start
+with what the model's tokenizer puts in front of a text itself (``hf.special_prefix``: its
+bos when it adds one, else nothing), as training did. Options
 (``sbt_core.settings.BackendOptions``: flags, else ``SBT_*`` variables): threads
 (``--threads``, else 1 for models under 50M parameters; each call sets them and restores
 torch's count after; ``base.inference_threads``), dtype (float32 | bfloat16), device
@@ -30,6 +38,7 @@ import torch  # noqa: E402
 
 from ..countdown import shorten  # noqa: E402
 from ..errors import SbtError  # noqa: E402
+from ..hf import HF_EXTRA, continuation_ids, special_prefix  # noqa: E402
 from ..trace import BACKTRACK, GOAL  # noqa: E402
 from .base import Completion, finish_reason, inference_threads  # noqa: E402
 from .decoding import sample_tree  # noqa: E402
@@ -116,11 +125,83 @@ def load_model(path: Path, dtype: torch.dtype, impl: str = "auto"):
 
 
 def load_hf_model(path: Path, dtype: torch.dtype):
+    """A transformers causal LM from a model directory (its weights checked against its
+    config first: ``check_hf_weights``), or a LoRA adapter directory merged into its base
+    (``load_adapter_model``). Safetensors only; no remote code."""
+    from ..models import is_adapter_dir
+
     quiet_transformers()
+    if is_adapter_dir(Path(path)):
+        return load_adapter_model(Path(path), dtype)
     from transformers import AutoModelForCausalLM
 
+    check_causal_lm(path)
     check_hf_weights(path)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+
+
+def check_causal_lm(path: Path) -> None:
+    """One line unless config.json describes a model class transformers has a causal-LM
+    head for (a BERT or T5 directory is not a base for sbt)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:  # unknown model_type, malformed config
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SbtError(f"{path}: config.json is not a transformers model config ({shorten(first, 120)})") from None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    named = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
+    if (type(config) not in AutoModelForCausalLM._model_mapping or getattr(config, "is_encoder_decoder", False)
+            or (named and not causal.intersection(named))):
+        what = f"{', '.join(named)}, " if named else ""
+        raise SbtError(f"{path} is not a causal language model ({what}model_type {config.model_type!r}); "
+                       "sbt needs a decoder-only LM (AutoModelForCausalLM)")
+
+
+def load_adapter_model(path: Path, dtype: torch.dtype):
+    """A LoRA adapter directory (``sbt train --lora``) merged into its base model: the base
+    (a local directory named in adapter_config.json, itself possibly an adapter) loaded,
+    its embeddings grown to the adapter's tokenizer (the added ``<backtrack>``: the adapter
+    holds its trained rows), the adapter applied and merged (peft)."""
+    from ..models import read_adapter_config
+
+    config = read_adapter_config(path)
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise SbtError(f"{path} is a LoRA adapter: loading it needs peft ({HF_EXTRA})") from None
+    model = load_hf_model(Path(config["base_model_name_or_path"]), dtype)
+    size = len(load_tokenizer(path))
+    if model.get_input_embeddings().num_embeddings < size:
+        resize_embeddings(model, size)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft's notes on layer types (GPT-2's Conv1D) and versions
+        return PeftModel.from_pretrained(model, str(path), is_trainable=False).merge_and_unload()
+
+
+def resize_embeddings(model, size: int) -> None:
+    """Grow (or shrink) the model's token embeddings to ``size`` rows; each new row of the
+    input embeddings and of an untied output head (and its bias) is the mean of the existing
+    rows (deterministic: no random draw), so a new token starts as an average token."""
+    old = model.get_input_embeddings().num_embeddings
+    model.resize_token_embeddings(size, mean_resizing=False)
+    if size <= old:
+        return
+    with torch.no_grad():
+        seen = set()
+        for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if module is None:
+                continue
+            for tensor in (module.weight, getattr(module, "bias", None)):
+                if tensor is None or id(tensor) in seen or tensor.shape[0] != size:
+                    continue
+                seen.add(id(tensor))
+                tensor[old:] = tensor[:old].mean(0, dtype=torch.float32).to(tensor.dtype)
 
 
 def check_hf_weights(path: Path) -> None:
@@ -204,7 +285,9 @@ class TorchBackend:
         self.model = model.to(device).eval()
         self.threads = inference_threads(sum(p.numel() for p in model.parameters()), options.threads)  # None: torch's
         self._threads = _Threads(self.threads)
-        accepted = inspect.signature(model.forward).parameters
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # (peft: training's
+        # evaluation of a LoRA model; its forward passes these through to the model it wraps)
+        accepted = inspect.signature(inner.forward).parameters
         self._cache_kw = "cache" if "cache" in accepted else "past_key_values"
         self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
         self.tokenizer = tokenizer
@@ -213,7 +296,7 @@ class TorchBackend:
         tok = tokenizer
         self.eos_id = tok.eos_token_id
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
-        self.bos_ids = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        self.bos_ids = special_prefix(tok)  # the tokenizer's own (training's): its bos when it adds one
         unk = tok.unk_token_id
         self.marker_ids = {i for i in (tok.convert_tokens_to_ids(GOAL), tok.convert_tokens_to_ids(BACKTRACK))
                            if i is not None and i != unk}
@@ -223,7 +306,7 @@ class TorchBackend:
             return self.model.new_cache(capacity)
         from transformers import DynamicCache
 
-        return DynamicCache()
+        return DynamicCache(config=self.model.config)  # (the config: sliding-window layers, e.g. Mistral)
 
     @cached_property
     def generator_model(self):
@@ -306,7 +389,7 @@ class TorchBackend:
         return comps
 
     def score(self, prompt: str, continuation: str) -> list[float]:
-        return self._token_logprobs(prompt, self.encode(continuation))
+        return self._token_logprobs(prompt, continuation_ids(self.encode, prompt, continuation))
 
     @_model_call
     def _token_logprobs(self, prompt: str, cont: list[int]) -> list[float]:
