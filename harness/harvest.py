@@ -22,11 +22,14 @@ record is dropped and redone). Same settings, same file. ``--puzzles`` alone may
 between runs: the slice of N puzzles is the first N of one seeded order, so a larger N
 extends the file and a smaller one cuts it to its first N puzzles. One writer per file: a
 harvest holds the lock of its paths file (``sbt_core.locks``), a second one is refused.
+With worker processes (``--workers``) or torchrun ranks the batches are sampled elsewhere
+(``harness.workers``) and this process writes them in slice order: the same file.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -145,24 +148,54 @@ def _resume_point(out: Path, settings: dict, slice_index: dict[int, int]) -> tup
 
 
 def harvest(cfg: HarvestConfig, out: Path, backend, log: Callable[[str], None] = print,
-            on_progress: Callable[[int, int, int], None] | None = None, lock: bool = True) -> dict:
+            on_progress: Callable[[int, int, int], None] | None = None, lock: bool = True, *,
+            workers: int = 1, ranks=None, options=None) -> dict | None:
     """Run (or resume) the harvest into ``out``; returns the summary written to ``<out>.json``.
 
     Holds the lock of ``out`` (``sbt_core.locks``; a second writer is refused) unless
-    ``lock`` is False: the caller holds it (``sbt harvest`` takes it before the model loads)."""
+    ``lock`` is False: the caller holds it (``sbt harvest`` takes it before the model loads).
+
+    ``workers`` > 1: the batches are sampled by that many worker processes
+    (``harness.workers``), each opening ``cfg.model`` with ``options`` (``backend`` is then
+    None: this process loads no model), and this process writes them in order. ``ranks``
+    (torchrun): the ranks share the batches and rank 0 alone writes ``out`` (and takes its
+    lock); the other ranks return None. Either way the file is the one a single process
+    writes: a batch's samples depend only on its puzzles and its seed."""
     out = Path(out)
-    if lock:
+    if lock and (ranks is None or ranks.writer):
         with output_lock(out, is_dir=False, what="--out"):
-            return _harvest(cfg, out, backend, log, on_progress)
-    return _harvest(cfg, out, backend, log, on_progress)
+            return _harvest(cfg, out, backend, log, on_progress, workers, ranks, options)
+    return _harvest(cfg, out, backend, log, on_progress, workers, ranks, options)
+
+
+def batch_rows(backend, cfg: HarvestConfig, start: int, batch: list[dict]) -> list[dict]:
+    """The lines of one batch of the slice (``start``: its first puzzle's place in the
+    slice, which seeds its samples): one per puzzle with a verified path or, with
+    ``cfg.mistakes``, a false goal claim. Whichever process runs it, the same lines."""
+    chosen = [Puzzle.from_json(r) for r in batch]
+    samples = backend.sample([prompt(p) for p in chosen], n=cfg.n, temperature=cfg.temperature,
+                             max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + start)
+    lines = []
+    for r, puzzle, comps in zip(batch, chosen, samples):
+        steps, count, lp = best_verified(puzzle, comps)
+        wrong = own_mistakes(puzzle, comps, cfg.mistakes)
+        if steps or wrong:
+            row = {"numbers": list(puzzle.numbers), "target": puzzle.target, "steps": steps,
+                   "train_index": r["train_index"], "verified": count,
+                   "mean_logprob": round(lp, 6) if steps else None}
+            if cfg.mistakes:
+                row["mistakes"] = wrong
+            lines.append(row)
+    return lines
 
 
 def _harvest(cfg: HarvestConfig, out: Path, backend, log: Callable[[str], None],
-             on_progress: Callable[[int, int, int], None] | None) -> dict:
+             on_progress: Callable[[int, int, int], None] | None, workers: int = 1, ranks=None,
+             options=None) -> dict | None:
+    if workers > 1 or ranks is not None:
+        return _harvest_shared(cfg, out, backend, log, on_progress, workers, ranks, options)
     rows = train_slice(Path(cfg.data), cfg.puzzles, cfg.seed, 1)
-    settings = {**asdict(cfg), "model_sha256": backend.model_sha256, "backend": backend.backend_name}
-    options = getattr(backend, "options", None)  # non-default backend options change the samples
-    settings["backend_options"] = options.identity(backend.backend_name) if options is not None else {}
+    settings = _settings(cfg, backend)
     slice_index = {r["train_index"]: i for i, r in enumerate(rows)}
     out.parent.mkdir(parents=True, exist_ok=True)
     done, kept, n_mistakes = _resume_point(out, settings, slice_index)
@@ -171,26 +204,82 @@ def _harvest(cfg: HarvestConfig, out: Path, backend, log: Callable[[str], None],
     with open(out, "a") as f:
         for start in range(done, len(rows), BATCH):
             batch = rows[start:start + BATCH]
-            chosen = [Puzzle.from_json(r) for r in batch]
-            samples = backend.sample([prompt(p) for p in chosen], n=cfg.n, temperature=cfg.temperature,
-                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + start)
-            for r, puzzle, comps in zip(batch, chosen, samples):
-                steps, count, lp = best_verified(puzzle, comps)
-                wrong = own_mistakes(puzzle, comps, cfg.mistakes)
-                if steps or wrong:
-                    kept += bool(steps)
-                    row = {"numbers": list(puzzle.numbers), "target": puzzle.target, "steps": steps,
-                           "train_index": r["train_index"], "verified": count,
-                           "mean_logprob": round(lp, 6) if steps else None}
-                    if cfg.mistakes:
-                        row["mistakes"] = wrong
-                        n_mistakes += len(wrong)
-                    f.write(json.dumps(row) + "\n")
+            for row in batch_rows(backend, cfg, start, batch):
+                kept += bool(row["steps"])
+                n_mistakes += len(row.get("mistakes") or [])
+                f.write(json.dumps(row) + "\n")
             f.flush()
             done = start + len(batch)
             _write_meta(out, settings, done, kept, len(rows), n_mistakes)
             if on_progress:
                 on_progress(done, len(rows), kept)
+    return _write_meta(out, settings, done, kept, len(rows), n_mistakes)
+
+
+def _settings(cfg: HarvestConfig, backend) -> dict:
+    """What a harvest file is keyed by: the config, the weights, the backend and the backend
+    options that change the samples (``backend``: an opened backend or its
+    ``harness.workers.ModelInfo``)."""
+    settings = {**asdict(cfg), "model_sha256": backend.model_sha256, "backend": backend.backend_name}
+    options = getattr(backend, "options", None)  # non-default backend options change the samples
+    settings["backend_options"] = options.identity(backend.backend_name) if options is not None else {}
+    return settings
+
+
+def _harvest_shared(cfg: HarvestConfig, out: Path, backend, log: Callable[[str], None],
+                    on_progress: Callable[[int, int, int], None] | None, workers: int, ranks,
+                    options) -> dict | None:
+    """``_harvest`` with the batches sampled by worker processes and/or torchrun ranks;
+    this process (rank 0) writes them in slice order, each as soon as the batches before
+    it are written, so the record's ``done`` stays a prefix of the slice, as in the serial
+    path (an interrupt loses at most the batches in flight)."""
+    from .workers import WorkerPool, agreed, run_tasks
+
+    rows = train_slice(Path(cfg.data), cfg.puzzles, cfg.seed, 1)
+    key = (cfg.model, cfg.backend, cfg.numbers)
+    with WorkerPool(workers, options=options) if workers > 1 else nullcontext() as pool:
+        if pool is not None:
+            info = pool.open(key)
+        else:
+            if backend is None:
+                from sbt_core.backends import load_backend
+
+                backend = load_backend(cfg.model, cfg.backend, cfg.numbers, **({"options": options} if options else {}))
+            info = backend
+        settings = _settings(cfg, info)
+        if ranks is not None:
+            ranks.check_same(settings, "model, backend or train slice")
+        slice_index = {r["train_index"]: i for i, r in enumerate(rows)}
+
+        def plan() -> tuple[int, int, int]:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            return _resume_point(out, settings, slice_index)
+
+        done, kept, n_mistakes = agreed(ranks, plan)
+        starts = list(range(done, len(rows), BATCH))
+        results = run_tasks(batch_rows, ((start, (cfg, start, rows[start:start + BATCH])) for start in starts),
+                            key=key, pool=pool, backend=None if pool is not None else backend, ranks=ranks,
+                            count=len(starts))
+        if ranks is not None and not ranks.writer:
+            for _ in results:  # this rank's batches, sent to rank 0
+                pass
+            return None
+        if done:
+            log(f"resuming {out}: {done:,} of {len(rows):,} puzzles done, {kept:,} paths kept")
+        waiting: dict[int, list[dict]] = {}  # batches done out of order, until those before them are
+        with open(out, "a") as f, closing(results):
+            for start, lines in results:
+                waiting[start] = lines
+                while done in waiting:
+                    for row in waiting.pop(done):
+                        kept += bool(row["steps"])
+                        n_mistakes += len(row.get("mistakes") or [])
+                        f.write(json.dumps(row) + "\n")
+                    f.flush()
+                    done = min(done + BATCH, len(rows))
+                    _write_meta(out, settings, done, kept, len(rows), n_mistakes)
+                    if on_progress:
+                        on_progress(done, len(rows), kept)
     return _write_meta(out, settings, done, kept, len(rows), n_mistakes)
 
 

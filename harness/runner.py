@@ -7,11 +7,16 @@ again finds the run and does only the puzzles it has no result for. Each puzzle'
 is committed as soon as it finishes, so kill -9 loses at most the puzzle in flight.
 
 Puzzle ``i`` of a run is searched with seed ``derive_seed(seed, i)``, so a result does not
-depend on which puzzles were done before it (resuming gives the same answers).
+depend on which puzzles were done before it (resuming gives the same answers), nor on which
+process searched it: with ``workers`` > 1 (``sbt bench --workers``) or under torchrun
+(``ranks``) the puzzles are searched by worker processes or other ranks (``harness.workers``,
+``Bench.run_shared``) while this process still writes every row as it comes back; the rows
+are those of one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import itertools
@@ -38,7 +43,7 @@ from sbt_core.search import METHODS, method_params
 from sbt_core.search.common import resolve_params, show_value
 from sbt_core.search.events import SearchResult
 
-from .store import REPO_ROOT, Store, canonical_json, puzzles_sha256
+from .store import REPO_ROOT, Store, canonical_json, compress_trace, puzzles_sha256, run_key
 
 class BenchInterrupted(Exception):
     """Ctrl-C / SIGTERM during a bench: the current run was marked ``interrupted``."""
@@ -367,6 +372,22 @@ def solve_one(method: str, puzzle: Puzzle, backend, params: dict, seed: int, tra
     return solve(backend, method, puzzle, params, seed, keep_events=trace)
 
 
+def solve_task(backend, method: str, puzzle: Puzzle, index: int, params: dict, seed: int, trace: bool) -> dict:
+    """Puzzle ``index`` of a run as a worker process (or a torchrun rank) computes it: its
+    ``result_row``, the trace already compressed as the store keeps it (``compress_trace``),
+    so that the writer has less to do."""
+    result, events = solve_one(method, puzzle, backend, params, seed, trace)
+    row = result_row(index, puzzle, result, events)
+    row["trace"] = compress_trace(row["trace"])
+    return row
+
+
+def identity_key(fields: dict) -> str:
+    """The ``run_key`` of a run's ``run_fields`` (what ``Store.get_or_create_run`` keys it by)."""
+    return run_key(fields["method"], json.loads(fields["params"]), fields.get("model_sha256"), fields.get("backend"),
+                   fields["puzzles_sha256"], fields["seed"], fields.get("backend_options"))
+
+
 @dataclass
 class RunOutcome:
     spec: RunSpec
@@ -399,6 +420,8 @@ class Bench:
     observer: Any = field(default_factory=NullObserver)
     load_backend: Callable[..., Any] | None = None  # (model, backend, n_numbers[, options=]) -> Backend
     options: settings.BackendOptions | None = None  # backend options (None: from the environment)
+    workers: int = 1  # local worker processes (harness.workers); 1: this process, as always
+    ranks: Any = None  # harness.workers.Ranks under torchrun (rank 0 writes), else None
     _backends: dict = field(default_factory=dict)
 
     def source_for(self, spec: RunSpec) -> PuzzleSource:
@@ -469,14 +492,86 @@ class Bench:
             self.store.set_status(rid, "failed", f"{type(exc).__name__}: {exc}")
             self.observer.run_finished(spec, run, "failed")
             raise
+        return self._finish(spec, run, len(puzzles), new)
+
+    def _finish(self, spec: RunSpec, run: dict, total: int, new: int) -> RunOutcome:
+        rid = run["id"]
         # done only when every asked-for puzzle has a result (another process may still
         # be writing some of them: then this run stays 'running' for that process)
-        missing = [i for i in range(len(puzzles)) if i not in self.store.done_indices(rid)]
+        missing = [i for i in range(total) if i not in self.store.done_indices(rid)]
         status = "done" if not missing else "running"
         self.store.set_status(rid, status)
         self.observer.run_finished(spec, run, status)
         n, k = self.store.count_results(rid)
-        return RunOutcome(spec, rid, status, len(puzzles), new, n, k)
+        return RunOutcome(spec, rid, status, total, new, n, k)
+
+    def run_shared(self, spec: RunSpec, pool=None) -> RunOutcome | None:
+        """``run_one`` with the puzzles shared among worker processes (``pool``, a
+        ``harness.workers.WorkerPool``) and/or torchrun ranks (``self.ranks``). The rows are
+        those of ``run_one``: puzzle i is searched with ``derive_seed(seed, i)`` wherever it
+        runs, and the workers only compute; this process (rank 0) plans what is left to do
+        and writes each row as it comes back, so an interrupt keeps what is written. The
+        model is opened in the workers (or in each rank), never twice in one process.
+        Returns the outcome on the writer, None on the other ranks."""
+        from .workers import agreed, run_tasks
+
+        ranks = self.ranks
+        source = self.source_for(spec)
+        puzzles = source.puzzles[: self.limit] if self.limit is not None else source.puzzles
+        key = (spec.model, self.backend, self.n_numbers or infer_numbers(spec.model)) if spec.needs_model else None
+        if key is None:
+            backend = None
+        elif pool is not None:
+            backend = pool.open(key)  # a ModelInfo: the run's identity without the model here
+        else:
+            backend = self.backend_for(spec)
+        fields = self.run_fields(spec, source, backend, len(puzzles))
+        if ranks is not None:
+            ranks.check_same(identity_key(fields), "model, backend or puzzle file")
+
+        def plan() -> tuple[dict, list[int]]:
+            run, _created = self.store.get_or_create_run(fields)
+            done = self.store.done_indices(run["id"])
+            return run, [i for i in range(len(puzzles)) if i not in done]
+
+        run, todo = agreed(ranks, plan)
+        params = spec.params_dict
+
+        def tasks():
+            for i in todo:
+                if ranks is None:
+                    stored = self.store.query("select solved from results where run_id = ? and puzzle_index = ?",
+                                              [run["id"], i])
+                    if stored:  # another bench of the same run did it meanwhile
+                        self.observer.result(spec, run, {"puzzle_index": i, "solved": stored[0]["solved"]})
+                        continue
+                yield i, (spec.method, puzzles[i], i, params, derive_seed(self.seed, i), self.trace)
+
+        rows = run_tasks(solve_task, tasks(), key=key, pool=pool, backend=None if pool is not None else backend,
+                         ranks=ranks, count=len(todo))
+        if ranks is not None and not ranks.writer:
+            for _ in rows:  # this rank's share, sent to rank 0
+                pass
+            return None
+        rid = run["id"]
+        already = len(puzzles) - len(todo)
+        self.observer.run_started(spec, run, len(puzzles), already, self._solved_in(rid, len(puzzles)))
+        new = 0
+        try:
+            with contextlib.closing(rows):
+                for _i, row in rows:
+                    if self.store.add_result(rid, row):
+                        new += 1
+                    self.observer.result(spec, run, row)
+        except KeyboardInterrupt:
+            self.store.set_status(rid, "interrupted")
+            self.observer.run_finished(spec, run, "interrupted")
+            raise BenchInterrupted(rid, already + new, len(puzzles)) from None
+        except BaseException as exc:
+            self.store.set_status(rid, "failed", f"{type(exc).__name__}: {exc}")
+            self.observer.run_finished(spec, run, "failed")
+            raise
+        return self._finish(spec, run, len(puzzles), new)
 
     def _solved_in(self, run_id: int, total: int) -> int:
         return self.store.query("select coalesce(sum(solved), 0) k from results where run_id = ? and puzzle_index < ?",
@@ -490,8 +585,14 @@ class Bench:
             if spec.method not in METHODS:
                 raise SbtError(f"unknown method {spec.method!r}; choose from: {', '.join(METHODS)}")
             method_params(spec.method, spec.params_dict, names=[f"{spec.method}: parameter {{key}}"])
+        from .workers import check_workers
+
+        check_workers(self.workers)
         for spec in self.specs:
-            self.source_for(spec)
+            source = self.source_for(spec)
+            if self.ranks is not None:  # every rank needs a puzzle of each run
+                self.ranks.check_size(len(source.puzzles[: self.limit] if self.limit is not None else source.puzzles),
+                                      "puzzle")
         if self.load_backend is None and any(s.needs_model for s in self.specs):
             from sbt_core.backends import backend_spec, resolve_for
 
@@ -501,8 +602,17 @@ class Bench:
                     resolve_for(self.backend, spec.model, self.n_numbers or infer_numbers(spec.model))
 
     def run(self) -> list[RunOutcome]:
+        """Every run of the matrix; with ``workers`` > 1 or under torchrun (``ranks``) through
+        ``run_shared`` (the outcomes on the writer only; [] on the other ranks)."""
         self.preflight()
-        return [self.run_one(spec) for spec in self.specs]
+        if self.workers <= 1 and self.ranks is None:  # this process alone, as always
+            return [self.run_one(spec) for spec in self.specs]
+        from .workers import WorkerPool
+
+        with WorkerPool(self.workers, self.load_backend, self.options) if self.workers > 1 else \
+                contextlib.nullcontext() as pool:
+            outcomes = [self.run_shared(spec, pool) for spec in self.specs]
+        return [o for o in outcomes if o is not None]
 
 
 # --------------------------------------------------------------------------- rich progress

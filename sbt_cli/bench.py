@@ -58,12 +58,15 @@ def bench(
     param: List[str] = typer.Option([], "--param", "-p", help="KEY=V1,V2: another method parameter to vary, e.g. width=2,4 or nodes=32,64 (repeatable)"),
     numbers: Optional[int] = typer.Option(None, "--numbers", min=3, max=6, help="input numbers per puzzle (default: from the model name, else from --puzzles, else 4)"),
     trace: bool = typer.Option(True, "--trace/--no-trace", help="store each puzzle's event trace"),
+    workers: int = typer.Option(1, "--workers", help="worker processes, each with its own copy of the model on one "
+                                "thread (1-64; default 1: this process). Same rows as 1 worker"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Run every method x params x model on a split (or a puzzle file) and store the results.
 
     Re-running the same command continues where it stopped (finished puzzles are not
     redone). Ctrl-C marks the current run interrupted, keeps its results, exits 130.
+    Under torchrun the ranks share the puzzles; rank 0 writes the results database.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -73,9 +76,12 @@ def bench(
     from harness.runner import (Bench, BenchInterrupted, RichProgress, NullObserver, infer_numbers, parse_list,
                                 parse_param_options, plan_matrix, puzzles_numbers)
     from harness.store import open_store
+    from harness.workers import Ranks, agreed, check_workers
     from sbt_core.settings import backend_options
 
+    check_workers(workers)
     options = backend_options(backend, dtype=dtype, device=device, threads=threads, quant=quant)
+    ranks = Ranks.from_env()  # torchrun: this process's rank (None: alone)
     method_list = parse_list(methods, str, "--methods")
     if not method_list:
         raise SbtError("--methods is empty")
@@ -91,12 +97,28 @@ def bench(
                         model_defaults=lambda m: search_defaults(m, numbers or infer_numbers(m)),
                         model_defaults_name=lambda m: defaults_name(m, numbers or infer_numbers(m)))
     err = Console(stderr=True, highlight=False)
-    progress = RichProgress(err, n_runs=len(specs)) if not quiet else None
+    writer = ranks is None or ranks.writer  # under torchrun, rank 0 writes, shows and reports
+    progress = RichProgress(err, n_runs=len(specs)) if not quiet and writer else None
     bench = Bench(None, specs, split=None if puzzles else split, puzzles_file=puzzles, data=data,  # type: ignore[arg-type]
                   n_numbers=numbers, backend=backend, limit=limit, seed=seed, trace=trace,
-                  observer=progress or NullObserver(), options=options)
+                  observer=progress or NullObserver(), options=options, workers=workers, ranks=ranks)
     bench.preflight()  # puzzle files and models resolve before anything is written or shown
-    store = bench.store = open_store(db)
+    store = None
+    if ranks is not None:
+        from sbt_core.settings import BackendOptions
+
+        ranks.start((options or BackendOptions.from_env()).device if backend == "torch" else None)
+
+    def open_db() -> None:
+        nonlocal store
+        store = bench.store = open_store(db)
+
+    try:
+        agreed(ranks, open_db)  # rank 0's store; its error is every rank's
+    except BaseException:
+        if ranks is not None:
+            ranks.close()
+        raise
     old = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     try:
         try:
@@ -109,8 +131,13 @@ def bench(
             err.print(f"interrupted: run #{exc.run_id} stopped at {exc.done}/{exc.total}; results kept in "
                       f"{store.path or ':memory:'}. Re-run the same command to continue.")
             raise typer.Exit(130)
+        except KeyboardInterrupt:  # a torchrun rank other than 0 (typer alone would say nothing)
+            typer.echo("error: interrupted", err=True)
+            raise typer.Exit(130) from None
         except sqlite3.DatabaseError as exc:
             raise SbtError(f"results database {store.path}: {exc}") from None
+        if store is None:  # a torchrun rank other than 0: its share went to rank 0
+            return
         report = build_report(store, run_ids=[o.run_id for o in outcomes])
         render(report, _stdout_console(), with_paper=False, with_curves=False, with_failures=False)
         unfinished = [o for o in outcomes if o.status != "done"]
@@ -118,7 +145,10 @@ def bench(
             err.print(f"{len(unfinished)} run(s) still have puzzles being written by another bench.")
     finally:
         signal.signal(signal.SIGTERM, old)
-        store.close()
+        if store is not None:
+            store.close()
+        if ranks is not None:
+            ranks.close()
 
 
 @app.command("report")

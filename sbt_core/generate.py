@@ -22,14 +22,13 @@ import os
 import random
 import secrets
 import signal
-import sys
 import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from .children import die_with_parent
 from .countdown import Puzzle
 from .errors import SbtError
 from .files import write_atomic
@@ -42,7 +41,6 @@ EVAL_SPLITS = ("val", "test_seen", "test_new")
 CHUNK = 2000
 MAX_DRAWS = 2000  # number draws per target before giving it up (never reached with 1..99)
 STALL_CHUNKS = 50  # chunks in a row without a new puzzle: the range is used up
-WATCH_PARENT_S = 0.5  # how often a worker checks that the command that started it still runs
 
 
 def split_flag(split: str) -> str:
@@ -107,28 +105,7 @@ def _draw_chunk(args: tuple) -> list[tuple[tuple[int, ...], int]]:
     return out
 
 
-# ---- worker processes: none outlives the command that started it ----
-
-def _worker_init(parent: int) -> None:
-    """Runs first in every pool worker. Ctrl-C is the parent's to handle (it stops the pool);
-    the worker dies with its parent: at once on Linux (PR_SET_PDEATHSIG), else within
-    WATCH_PARENT_S (a thread that sees the parent pid change)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent,), name="sbt-watch-parent", daemon=True).start()
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(WATCH_PARENT_S)
-    os._exit(1)
-
+# ---- worker processes: none outlives the command that started it (sbt_core.children) ----
 
 def _stop_pool(pool: ProcessPoolExecutor, clean: bool) -> None:
     """Shut a pool down; unless ``clean`` (an error or a signal ended the split) its workers
@@ -157,7 +134,7 @@ def _chunks(cfg: GeneratorConfig, split: str, targets: list[int], workers: int) 
     # spawn: a worker starts as a fresh interpreter and inherits no lock, no open output and
     # no thread state from the command (fork would copy the --out lock into every worker)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(os.getpid(),))
+                               initializer=die_with_parent, initargs=(os.getpid(),))
     clean = False
     try:
         i = 0

@@ -35,6 +35,9 @@ variable                  flag         meaning (default)
 ``SBT_DEBUG``             (none)       1: a traceback for internal errors (off)
 ``OMP_WAIT_POLICY``       (none)       set to PASSIVE before torch loads, unless set
 ``COLUMNS``               (none)       set: tables take the terminal's width from it
+``RANK``, ``WORLD_SIZE``  (none)       set by torchrun (with ``LOCAL_RANK``): ``sbt
+                                       bench`` and ``sbt harvest`` share their puzzles
+                                       among the ranks (unset: one process)
 ========================  ===========  ==================================================
 
 A run's identity in results.db includes ``BackendOptions.identity(backend)``: the options
@@ -124,6 +127,23 @@ def llama_verbose() -> bool:
 def columns_set() -> bool:
     """Whether ``COLUMNS`` gives the terminal width (tables then follow it)."""
     return env("COLUMNS") is not None
+
+
+def distributed() -> tuple[int, int, int] | None:
+    """torchrun's ``(RANK, WORLD_SIZE, LOCAL_RANK)`` of this process; None when it was not
+    started by torchrun (``RANK`` or ``WORLD_SIZE`` unset). ``LOCAL_RANK`` defaults to 0. A
+    value that is not a whole number, or a rank outside the world, is one ``SbtError``."""
+    rank, world, local = env("RANK"), env("WORLD_SIZE"), env("LOCAL_RANK") or "0"
+    if rank is None or world is None:
+        return None
+    values = []
+    for name, text in (("RANK", rank), ("WORLD_SIZE", world), ("LOCAL_RANK", local)):
+        if not text.strip().isdigit():
+            raise SbtError(f"{name} must be a whole number (as torchrun sets it), got {text!r}")
+        values.append(int(text))
+    if not 0 <= values[0] < values[1]:
+        raise SbtError(f"RANK must be between 0 and WORLD_SIZE - 1 ({values[1] - 1}), got {values[0]}")
+    return values[0], values[1], values[2]
 
 
 def passive_openmp() -> None:
