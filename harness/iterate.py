@@ -390,36 +390,5 @@ class Iteration:
         return self.store.iterations(c.experiment)
 
 
-# --------------------------------------------------------------------------- display
-
-
-def iterations_table(rows: list[dict], title: str | None = None):
-    """A rich table of fast / slow accuracy per round."""
-    from rich.table import Table
-
-    t = Table(title=title or "Expert iteration: fast = greedy, slow = self-backtracking search",
-              title_justify="left", header_style="bold",
-              caption="searched: train puzzles searched; verified: answers kept for fine-tuning; "
-                      "Δ fast: greedy accuracy vs round 0 (points)", caption_justify="left")
-    for h, right in (("round", True), ("searched", True), ("verified", True), ("fast %", True), ("slow %", True),
-                     ("Δ fast", True), ("fast/slow", True), ("status", False), ("model", False)):
-        t.add_column(h, justify="right" if right else "left", overflow="fold" if h == "model" else "ellipsis",
-                     no_wrap=h != "model")
-    base = next((r.get("fast_acc") for r in rows if r["round"] == 0), None)
-
-    def pct(x):
-        return "-" if x is None else f"{100 * x:.1f}"
-
-    for r in rows:
-        fast = r.get("fast_acc")
-        slow = r.get("slow_acc")
-        delta = "-" if fast is None or base is None or r["round"] == 0 else f"{100 * (fast - base):+.1f}"
-        ratio = f"{fast / slow:.2f}" if fast is not None and slow else "-"
-        t.add_row(str(r["round"]), str(r.get("n_search_puzzles") or "-"),
-                  str(r["n_train_paths"]) if r.get("n_train_paths") is not None else "-",
-                  pct(fast), pct(slow), delta, ratio, r.get("status") or "-", r.get("model") or "-")
-    return t
-
-
-__all__ = ["IterateConfig", "Iteration", "train_slice", "verified_paths", "iterations_table",
+__all__ = ["IterateConfig", "Iteration", "train_slice", "verified_paths",
            "torch_backend_factory"]

@@ -247,97 +247,7 @@ def scaling_curves(rows: Sequence[LeaderRow], min_points: int = 2) -> list[Curve
     return curves
 
 
-def _axis_title(axis: str) -> str:
-    return "N (samples per expansion)" if axis == "n" else "b (backtracking budget)"
-
-
-def _curve_label(c: Curve, groups: int) -> str:
-    return c.name if groups == 1 else f"{c.name} · {c.model or '-'} · {c.split}"
-
-
-PLOT_MARKERS = ("●", "▲", "■", "◆", "✚", "✖", "○", "△", "□", "◇")
-
-
-def terminal_plots(curves: Sequence[Curve], width: int = 72, height: int = 16, color: bool = True) -> list[str]:
-    """One plotext chart per axis (accuracy % vs N on a log2 axis, vs b) as text, legend below."""
-    import plotext as plx
-
-    out = []
-    for axis in ("n", "b"):
-        cs = [c for c in curves if c.axis == axis]
-        if not cs:
-            continue
-        groups = len({(c.model, c.split) for c in cs})
-        pos = (lambda x: math.log2(x)) if axis == "n" and all(p["x"] > 0 for c in cs for p in c.points) else float
-        fig = plx.figure
-        fig.clear()
-        fig.plot_size(width, height)
-        fig.theme("default" if color else "colorless")
-        xs = sorted({p["x"] for c in cs for p in c.points})
-        legend = []
-        for i, c in enumerate(cs):
-            mark = PLOT_MARKERS[i % len(PLOT_MARKERS)]
-            px, py = [pos(p["x"]) for p in c.points], [100 * p["accuracy"] for p in c.points]
-            fig.draw(fig.signal(px, py, marker="braille").lines().density("full"))
-            fig.draw(fig.signal(px, py, marker=mark))
-            legend.append(f"{mark} {_curve_label(c, groups)}")
-        lo, hi = pos(xs[0]), pos(xs[-1])
-        pad = (hi - lo) * 0.05 or 0.5
-        fig.ruler("x").lim(lo - pad, hi + pad)
-        fig.ruler("x").ticks([pos(x) for x in xs], [str(x) for x in xs])
-        fig.ruler("y").lim(0, 100)
-        fig.title(f"accuracy (%) vs {_axis_title(axis)}")
-        fig.label(_axis_title(axis))
-        out.append(fig.build().string(colorless=not color).rstrip() + "\n   " + "   ".join(legend))
-        fig.clear()
-    return out
-
-
-def save_plots(curves: Sequence[Curve], paths: Sequence[str | Path], with_paper: bool = True) -> list[Path]:
-    """Save the scaling curves (one panel per axis) as PNG / SVG (by suffix), with 95% bands."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    axes_present = [a for a in ("n", "b") if any(c.axis == a for c in curves)]
-    if not axes_present:
-        return []
-    # the legend goes under each panel (it used to cover the curves): taller with more series
-    entries = max(sum(c.axis == a for c in curves) + (2 if a == "n" and with_paper else 0) for a in axes_present)
-    fig, axs = plt.subplots(1, len(axes_present), figsize=(6.2 * len(axes_present), 4.4 + 0.17 * entries),
-                            squeeze=False)
-    for ax, axis in zip(axs[0], axes_present):
-        cs = [c for c in curves if c.axis == axis]
-        groups = len({(c.model, c.split) for c in cs})
-        for c in cs:
-            xs = [p["x"] for p in c.points]
-            line, = ax.plot(xs, [100 * p["accuracy"] for p in c.points], marker="o", label=_curve_label(c, groups))
-            ax.fill_between(xs, [100 * p["ci_low"] for p in c.points], [100 * p["ci_high"] for p in c.points],
-                            color=line.get_color(), alpha=0.15, linewidth=0)
-        if axis == "n":
-            if with_paper:
-                for method, b, name, style, mk in (("best-of-n", None, "paper 1B Best-of-N", ":", "x"),
-                                                   ("self-backtrack", 1, "paper 1B self-backtrack b=1", "--", "+")):
-                    pts = [(p_["n"], vals[1]) for _, m, p_, vals in paper.TABLE
-                           if m == method and "n" in p_ and (b is None or p_.get("b") == b)]
-                    if len(pts) >= 2:
-                        ax.plot([x for x, _ in pts], [y for _, y in pts], linestyle=style, color="grey",
-                                marker=mk, alpha=0.8, label=f"{name} (new targets, reported)")
-            ax.set_xscale("log", base=2)
-            xs = sorted({p["x"] for c in cs for p in c.points})
-            ax.set_xticks(xs)
-            ax.set_xticklabels([str(x) for x in xs])
-        else:
-            ax.set_xticks(sorted({p["x"] for c in cs for p in c.points}))
-        ax.set_ylim(0, 100)
-        ax.set_xlabel(_axis_title(axis))
-        ax.set_ylabel("accuracy (%), 95% Wilson band")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
-    fig.suptitle("Test-time scaling on Countdown")
-    fig.tight_layout()
-    return _save_figure(fig, plt, paths, "--plot")
+# --------------------------------------------------------------------------- equal compute
 
 
 def compute_series(rows: Sequence[LeaderRow]) -> dict[tuple, list[LeaderRow]]:
@@ -351,64 +261,6 @@ def compute_series(rows: Sequence[LeaderRow]) -> dict[tuple, list[LeaderRow]]:
         rest = {k: v for k, v in r.params.items() if k not in ("n", "b", "width")}
         series.setdefault((r.split, r.model or "-", format_label(r.method, rest)), []).append(r)
     return {k: sorted(v, key=lambda r: r.tokens_per_puzzle) for k, v in sorted(series.items())}
-
-
-def save_compute_plot(rows: Sequence[LeaderRow], paths: Sequence[str | Path]) -> list[Path]:
-    """Accuracy against generated tokens per puzzle (log axis) for every run: one panel per
-    split, one series per model and method (with its settings but N / b / width, which move
-    along the series; each point is labelled with them), 95% Wilson bars; oracle methods
-    (they use the verifier) dotted and hollow. Read "matches pass@32" at equal cost here."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = compute_series(rows)
-    splits = sorted({split for split, _, _ in series})
-    if not splits:
-        return []
-    fig, axs = plt.subplots(len(splits), 1, figsize=(11, 6.5 * len(splits)), squeeze=False)
-    for ax, split in zip(axs[:, 0], splits):
-        ax.set_prop_cycle(color=plt.cm.tab20.colors)
-        for (s_, model, name), runs in series.items():
-            if s_ != split:
-                continue
-            xs = [r.tokens_per_puzzle for r in runs]
-            ys = [100 * r.accuracy for r in runs]
-            err = [[100 * (r.accuracy - r.ci_low) for r in runs], [100 * (r.ci_high - r.accuracy) for r in runs]]
-            oracle = runs[0].oracle
-            bars = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, linestyle=":" if oracle else "-",
-                               markerfacecolor="none" if oracle else None,
-                               label=f"{name} · {model}" + (" (oracle)" if oracle else ""))
-            for r, x, y in zip(runs, xs, ys):
-                knob = " ".join(f"{k}={r.params[k]}" for k in ("n", "b", "width") if k in r.params)
-                if knob:
-                    ax.annotate(knob, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6,
-                                color=bars[0].get_color())
-        ax.set_xscale("log")
-        ax.set_ylim(0, 100)
-        ax.set_xlabel("generated tokens per puzzle (log)")
-        ax.set_ylabel("accuracy (%), 95% Wilson interval")
-        ax.set_title(split, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.suptitle("Accuracy at equal compute on Countdown")
-    fig.tight_layout()
-    return _save_figure(fig, plt, paths, "--compute-plot")
-
-
-def _save_figure(fig, plt, paths: Sequence[str | Path], what: str) -> list[Path]:
-    written = []
-    try:
-        for p in paths:
-            p = Path(p)
-            buf = io.BytesIO()
-            fig.savefig(buf, format=p.suffix.lower().lstrip(".") or "png",
-                        dpi=140 if p.suffix.lower() == ".png" else None)
-            written.append(write_atomic(p, buf.getvalue(), what=what))
-    finally:
-        plt.close(fig)
-    return written
 
 
 # --------------------------------------------------------------------------- the report
@@ -556,84 +408,6 @@ def to_markdown(report: Report, with_paper: bool = True) -> str:
 # --------------------------------------------------------------------------- rich
 
 
-def render(report: Report, console, *, with_paper: bool = True, with_curves: bool = True,
-           with_failures: bool = True, plot_width: int | None = None) -> None:
-    """The report as Rich tables. Every stored string (method, model, split, label, path)
-    is escaped: a ``[`` in a name is shown, never read as Rich markup."""
-    from rich.markup import escape as esc
-    from rich.table import Table
-
-    t = Table(title="Leaderboard" + (f" — {esc(report.db)}" if report.db else ""), title_justify="left",
-              header_style="bold", caption=("† oracle: uses the exact solver or the verifier" if any(r.oracle for r in report.rows) else None),
-              caption_justify="left")
-    for i, h in enumerate(SHORT_HEAD):
-        t.add_column(h, justify="left" if i in (0, 1, 2, 5, 9) else "right", no_wrap=i in (0, 3, 4, 5, 6, 7, 8))
-    prev = None
-    for r in report.rows:
-        group = (r.split, r.model)
-        if prev is not None and group != prev:
-            t.add_section()
-        prev = group
-        cells = [esc(c) for c in leaderboard_cells(r)]
-        if r.status != "done":
-            cells[-1] = f"[yellow]{cells[-1]}[/]"
-        t.add_row(*cells)
-    if not report.rows:
-        console.print("[dim]no results yet: run `sbt bench` first[/]")
-    else:
-        console.print(t)
-
-    if with_failures and any(r.failures for r in report.rows):
-        ft = Table(title="Failure categories (unsolved puzzles)", title_justify="left", header_style="bold")
-        for h in ["method", "model", "split"]:
-            ft.add_column(h, no_wrap=h == "method")
-        for f in FAILURES:
-            ft.add_column(FAILURE_SHORT.get(f, f), justify="right", no_wrap=True)
-        for r in report.rows:
-            if r.failures:
-                ft.add_row(esc(r.label), esc(_model(r)), esc(r.split), *failure_cells(r))
-        console.print(ft)
-
-    if with_curves and report.curves:
-        width = plot_width or max(50, min(100, console.width - 2))
-        for text in terminal_plots(report.curves, width=width, color=console.is_terminal):
-            from rich.text import Text
-
-            console.print(Text.from_ansi(text))
-
-    if report.iterations:
-        it = Table(title="Expert iteration (fast = greedy, slow = self-backtracking search)", title_justify="left",
-                   header_style="bold")
-        for h in ("experiment", "round", "model", "fast acc %", "slow acc %", "train paths", "status"):
-            it.add_column(h, justify="right" if h in ("round", "fast acc %", "slow acc %", "train paths") else "left")
-        for i in report.iterations:
-            it.add_row(esc(str(i["experiment"])), str(i["round"]), esc(str(i.get("model") or "-")),
-                       _pct(i.get("fast_acc")), _pct(i.get("slow_acc")), str(i.get("n_train_paths") or "-"),
-                       esc(str(i.get("status") or "-")))
-        console.print(it)
-
-    if with_paper:
-        other = "; ".join(f"{a} {b:g}" for a, b in paper.OTHER_1B)
-        pt = Table(title="Paper reference — reported numbers, NOT our models", title_justify="left",
-                   header_style="bold", caption=f"{paper.SOURCE}; Llama-3.2 fine-tuned, lenient checker. "
-                   f"Other 1B: {other}. {' '.join(paper.NOTES)}", caption_justify="left")
-        pt.add_column("method")
-        for c in paper.COLUMNS:
-            pt.add_column(c + " %", justify="right")
-        for lab, _, _, vals in paper.TABLE:
-            pt.add_row(lab, *[f"{v:.2f}" for v in vals])
-        console.print(pt)
-
-
-def render_text(report: Report, width: int = 140, **kwargs) -> str:
-    """``render`` as plain text (the table format of ``--out x.txt``)."""
-    from rich.console import Console
-
-    buf = io.StringIO()
-    render(report, Console(file=buf, width=width, color_system=None, highlight=False), **kwargs)
-    return buf.getvalue()
-
-
 def export(report: Report, fmt: str, with_paper: bool = True) -> str:
     if fmt == "json":
         return to_json(report, with_paper)
@@ -648,6 +422,6 @@ def format_from_suffix(path: str | Path) -> str | None:
     return SUFFIX_FORMATS.get(Path(path).suffix.lower())
 
 
-__all__ = ["wilson", "leaderboard", "scaling_curves", "build_report", "render", "render_text", "export", "save_plots",
-           "terminal_plots", "save_compute_plot", "compute_series", "to_csv", "to_json", "to_markdown", "Report", "LeaderRow", "Curve", "format_params",
+__all__ = ["wilson", "leaderboard", "scaling_curves", "build_report", "export",
+           "compute_series", "to_csv", "to_json", "to_markdown", "Report", "LeaderRow", "Curve", "format_params",
            "json_safe", "strict_json", "write_atomic"]

@@ -19,15 +19,6 @@ from sbt_core.settings import FLAG_HELP
 app = typer.Typer(help="Benchmark search methods into a SQLite results store; `sbt bench report` shows it.",
                   no_args_is_help=False)
 
-def _stdout_console():
-    from rich.console import Console
-
-    from sbt_core.settings import columns_set
-
-    wide = None if sys.stdout.isatty() or columns_set() else 120
-    return Console(highlight=False, width=wide)
-
-
 DB_HELP = "results database (default: $SBT_DB, else results.db at the repository root)"
 
 
@@ -72,9 +63,10 @@ def bench(
         return
     from rich.console import Console
 
-    from harness.report import build_report, render
-    from harness.runner import (Bench, BenchInterrupted, RichProgress, NullObserver, infer_numbers, parse_list,
+    from harness.report import build_report
+    from harness.runner import (Bench, BenchInterrupted, NullObserver, infer_numbers, parse_list,
                                 parse_param_options, plan_matrix, puzzles_numbers)
+    from sbt_cli.views import RichProgress, render, stdout_console
     from harness.store import open_store
     from harness.workers import Ranks, agreed, check_workers
     from sbt_core.settings import backend_options
@@ -139,7 +131,7 @@ def bench(
         if store is None:  # a torchrun rank other than 0: its share went to rank 0
             return
         report = build_report(store, run_ids=[o.run_id for o in outcomes])
-        render(report, _stdout_console(), with_paper=False, with_curves=False, with_failures=False)
+        render(report, stdout_console(), with_paper=False, with_curves=False, with_failures=False)
         unfinished = [o for o in outcomes if o.status != "done"]
         if unfinished:
             err.print(f"{len(unfinished)} run(s) still have puzzles being written by another bench.")
@@ -160,6 +152,8 @@ def report_cmd(
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="table | json | csv | markdown (default: table, or from --out's suffix)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the report to this file instead of stdout"),
     plot: List[Path] = typer.Option([], "--plot", help="save the scaling curves to this .png / .svg (repeatable)"),
+    compute_plot: List[Path] = typer.Option([], "--compute-plot", help="save accuracy against generated tokens per "
+                                            "puzzle, every run (equal compute), to this .png / .svg (repeatable)"),
     paper_block: bool = typer.Option(True, "--paper/--no-paper", help="show the paper's reported numbers (labelled block)"),
     curves: bool = typer.Option(True, "--curves/--no-curves", help="draw the scaling curves in the terminal"),
     width: Optional[int] = typer.Option(None, "--width", min=40, help="width of terminal plots"),
@@ -168,8 +162,9 @@ def report_cmd(
 ) -> None:
     """Leaderboard (accuracy with 95% Wilson interval, tokens, seconds and backtracks per puzzle),
     failure categories, test-time scaling curves, and the paper's reference numbers."""
-    from harness.report import (FORMATS, build_report, export, format_from_suffix, render, render_text, save_plots,
-                                write_atomic)
+    from harness.report import FORMATS, build_report, export, format_from_suffix
+    from sbt_cli.views import render, render_text, save_compute_plot, save_plots, stdout_console
+    from sbt_core.files import write_atomic
     from harness.runner import parse_list
     from harness.store import default_db_path, read_only
 
@@ -179,11 +174,12 @@ def report_cmd(
             raise SbtError(f"--out {out}: cannot tell the format from its suffix; pass --format {'|'.join(FORMATS)}")
     if fmt not in FORMATS:
         raise SbtError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    for p in plot:
+    figures = [*((p, "--plot") for p in plot), *((p, "--compute-plot") for p in compute_plot)]
+    for p, flag in figures:
         if p.suffix.lower() not in (".png", ".svg", ".pdf"):
-            raise SbtError(f"--plot {p}: use a .png or .svg file name")
+            raise SbtError(f"{flag} {p}: use a .png or .svg file name")
     db = db if db is not None else default_db_path()
-    for target, flag in [(out, "--out"), *((p, "--plot") for p in plot)]:
+    for target, flag in [(out, "--out"), *figures]:
         if target is not None and Path(target).resolve() == db.resolve():
             raise SbtError(f"{flag} {target} is the results database itself; choose another file")
     method_list = parse_list(methods, str, "--methods") or None
@@ -193,7 +189,7 @@ def report_cmd(
         if out:
             write_atomic(out, render_text(report, with_paper=paper_block, with_curves=curves, plot_width=width))
         else:
-            render(report, _stdout_console(), with_paper=paper_block, with_curves=curves, plot_width=width)
+            render(report, stdout_console(), with_paper=paper_block, with_curves=curves, plot_width=width)
     else:
         text = export(report, fmt, with_paper=paper_block)
         if out:
@@ -205,6 +201,11 @@ def report_cmd(
         msg = (f"saved scaling curves to {', '.join(map(str, written))}" if written
                else "no scaling curves to plot (needs runs at two or more values of n or b)")
         typer.echo(msg, err=True)
+    if compute_plot:
+        shown = [r for r in report.rows if all_weights or not r.superseded]
+        written = save_compute_plot(shown, compute_plot)
+        typer.echo(f"saved accuracy vs generated tokens to {', '.join(map(str, written))}" if written
+                   else "no runs with generated tokens to plot", err=True)
     if out:
         typer.echo(f"wrote {fmt} report to {out}", err=True)
 
@@ -223,8 +224,7 @@ def runs_cmd(
     from sbt_core.settings import format_options
 
     def table(store) -> Table:
-        counts = {r["run_id"]: (r["n"], r["k"]) for r in store.query(
-            "select run_id, count(*) n, coalesce(sum(solved), 0) k from results group by run_id")}
+        counts = store.result_counts()
         t = Table(title=f"Runs — {escape(str(store.path))}", title_justify="left", header_style="bold")
         for h in ("id", "method", "model", "split", "seed", "done", "solved", "status", "started", "git"):
             t.add_column(h, justify="right" if h in ("id", "seed", "done", "solved") else "left",
@@ -242,7 +242,9 @@ def runs_cmd(
             t.add_row(*(escape(str(c)) for c in cells))  # stored strings are text, never Rich markup
         return t
 
-    _stdout_console().print(read_only(db, table))
+    from sbt_cli.views import stdout_console
+
+    stdout_console().print(read_only(db, table))
 
 
 @app.command("compare")
@@ -266,7 +268,9 @@ def compare_cmd(
     if fmt == "json":
         typer.echo(strict_json(c.to_json()))
         return
-    out = _stdout_console()
+    from sbt_cli.views import stdout_console
+
+    out = stdout_console()
     for tag, run in (("A", c.run_a), ("B", c.run_b)):
         out.print(escape(f"{tag}: run #{run['id']} {run['label']} · {run['model'] or '-'} · {run['split']}"))
     if not c.n:

@@ -51,8 +51,9 @@ def iterate_cmd(
     """
     from rich.console import Console
 
-    from harness.iterate import IterateConfig, Iteration, iterations_table
-    from harness.runner import BenchInterrupted, RichProgress, infer_numbers
+    from harness.iterate import IterateConfig, Iteration
+    from harness.runner import BenchInterrupted, infer_numbers
+    from sbt_cli.views import RichProgress, iterations_table, stdout_console
     from harness.store import open_store
     from sbt_core.limits import MAX_TRAIN_TOKENS, check_range
     from sbt_core.models import default_model
@@ -104,9 +105,8 @@ def iterate_cmd(
             raise typer.Exit(130)
         except sqlite3.DatabaseError as exc:
             raise SbtError(f"results database {store.path}: {exc}") from None
-        from sbt_cli.bench import _stdout_console
 
-        _stdout_console().print(iterations_table(rows, title=f"Expert iteration {experiment!r}: "
+        stdout_console().print(iterations_table(rows, title=f"Expert iteration {experiment!r}: "
                                                              "fast = greedy, slow = self-backtracking search "
                                                              f"(n={n}, b={b}) on test_new"))
     finally:

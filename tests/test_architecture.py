@@ -17,14 +17,22 @@ ALLOWED = {
 }
 
 
-def imported_packages(path: Path) -> set[str]:
+# display libraries: only the CLI and the TUI show things (the harness computes and stores)
+DISPLAY = {"rich", "plotext", "matplotlib", "textual"}
+
+
+def imported_modules(path: Path) -> set[str]:
     out = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             out |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             out.add(node.module.split(".")[0])
-    return out & set(ALLOWED)
+    return out
+
+
+def imported_packages(path: Path) -> set[str]:
+    return imported_modules(path) & set(ALLOWED)
 
 
 def test_each_package_imports_only_the_layers_below_it():
@@ -34,6 +42,13 @@ def test_each_package_imports_only_the_layers_below_it():
             for other in imported_packages(path) - allowed - {package}:
                 wrong.append(f"{path.relative_to(ROOT)} imports {other}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_display_code_lives_in_the_cli_and_the_tui():
+    shown = [f"{path.relative_to(ROOT)} imports {', '.join(sorted(imported_modules(path) & DISPLAY))}"
+             for package in ("sbt_core", "training", "harness") for path in sorted((ROOT / package).rglob("*.py"))
+             if imported_modules(path) & DISPLAY]
+    assert not shown, "\n".join(shown)
 
 
 def test_the_architecture_doc_names_what_exists():

@@ -12,7 +12,8 @@ import pytest
 from rich.console import Console
 
 from harness import paper
-from harness.report import build_report, export, render, save_plots, scaling_curves, wilson
+from harness.report import build_report, export, scaling_curves, wilson
+from sbt_cli.views import render, save_plots
 from harness.store import open_store
 from sbt_core.search import METHODS
 
@@ -192,7 +193,8 @@ def test_save_plots(tmp_path, store):
 
 
 def test_compute_plot_puts_every_run_at_its_generated_tokens(tmp_path, store):
-    from harness.report import compute_series, save_compute_plot
+    from harness.report import compute_series
+    from sbt_cli.views import save_compute_plot
 
     rows = build_report(store).rows
     series = compute_series(rows)
