@@ -59,7 +59,8 @@ COMMANDS = {
               "--n": st.sampled_from(["4", "4,8"]), "--b": st.sampled_from(["0", "0,1"]),
               "--model": st.sampled_from(["countdown4-backtrack"]), "--backend": st.just("torch"),
               "--limit": _ints(1, 5), "--seed": _ints(0, 3), "--temperature": st.sampled_from(["0.7", "1"]),
-              "--param": st.sampled_from(["width=2", "nodes=4,8"]), "--numbers": _ints(3, 4)},
+              "--param": st.sampled_from(["width=2", "nodes=4,8", "variant=authors", "variant=all-states,authors"]),
+              "--numbers": _ints(3, 4), "--workers": _ints(1, 2)},
     "train": {"--numbers": _ints(3, 4), "--data-dir": TEXT, "--data": st.sampled_from(["op", "op+back"]),
               "--back-ratio": st.sampled_from(["0.5", "1", "2"]), "--kinds": st.sampled_from(["1:2:2", "1:0:0"]),
               "--goal-forcing": st.sampled_from(["0", "0.5"]), "--honest-last": st.sampled_from(["0", "0.5"]),
@@ -77,7 +78,7 @@ COMMANDS = {
     "harvest": {"--model": st.sampled_from(["countdown4-backtrack", "countdown3-backtrack"]),
                 "--numbers": _ints(3, 4), "--data": TEXT, "--puzzles": _ints(1, 10), "--n": _ints(1, 8),
                 "--temperature": st.sampled_from(["0.7", "1"]), "--seed": _ints(0, 3), "--mistakes": _ints(0, 2),
-                "--backend": st.just("torch")},
+                "--backend": st.just("torch"), "--workers": _ints(1, 2)},
 }
 
 
