@@ -32,7 +32,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from sbt_core import settings
 from sbt_core.countdown import Puzzle
@@ -471,8 +471,7 @@ class Bench:
         todo = [i for i in range(len(puzzles)) if i not in done]
         already = len(puzzles) - len(todo)
         self.observer.run_started(spec, run, len(puzzles), already, self._solved_in(rid, len(puzzles)))
-        new = 0
-        try:
+        with self._recording(spec, run, len(puzzles), already) as new:
             for i in todo:
                 stored = self.store.query("select solved from results where run_id = ? and puzzle_index = ?", [rid, i])
                 if stored:  # another bench of the same run did it meanwhile
@@ -481,18 +480,25 @@ class Bench:
                 result, events = solve_one(spec.method, puzzles[i], backend, spec.params_dict,
                                            derive_seed(self.seed, i), self.trace)
                 row = result_row(i, puzzles[i], result, events)
-                if self.store.add_result(rid, row):
-                    new += 1
+                new[0] += self.store.add_result(rid, row)
                 self.observer.result(spec, run, row)
+        return self._finish(spec, run, len(puzzles), new[0])
+
+    @contextlib.contextmanager
+    def _recording(self, spec: RunSpec, run: dict, total: int, already: int) -> Iterator[list[int]]:
+        """The block that writes a run's rows: yields the count of new rows (``[n]``); when the
+        block is interrupted the run is marked so (``BenchInterrupted``), when it fails, failed."""
+        new = [0]
+        try:
+            yield new
         except KeyboardInterrupt:
-            self.store.set_status(rid, "interrupted")
+            self.store.set_status(run["id"], "interrupted")
             self.observer.run_finished(spec, run, "interrupted")
-            raise BenchInterrupted(rid, already + new, len(puzzles)) from None
+            raise BenchInterrupted(run["id"], already + new[0], total) from None
         except BaseException as exc:
-            self.store.set_status(rid, "failed", f"{type(exc).__name__}: {exc}")
+            self.store.set_status(run["id"], "failed", f"{type(exc).__name__}: {exc}")
             self.observer.run_finished(spec, run, "failed")
             raise
-        return self._finish(spec, run, len(puzzles), new)
 
     def _finish(self, spec: RunSpec, run: dict, total: int, new: int) -> RunOutcome:
         rid = run["id"]
@@ -556,22 +562,11 @@ class Bench:
         rid = run["id"]
         already = len(puzzles) - len(todo)
         self.observer.run_started(spec, run, len(puzzles), already, self._solved_in(rid, len(puzzles)))
-        new = 0
-        try:
-            with contextlib.closing(rows):
-                for _i, row in rows:
-                    if self.store.add_result(rid, row):
-                        new += 1
-                    self.observer.result(spec, run, row)
-        except KeyboardInterrupt:
-            self.store.set_status(rid, "interrupted")
-            self.observer.run_finished(spec, run, "interrupted")
-            raise BenchInterrupted(rid, already + new, len(puzzles)) from None
-        except BaseException as exc:
-            self.store.set_status(rid, "failed", f"{type(exc).__name__}: {exc}")
-            self.observer.run_finished(spec, run, "failed")
-            raise
-        return self._finish(spec, run, len(puzzles), new)
+        with self._recording(spec, run, len(puzzles), already) as new, contextlib.closing(rows):
+            for _i, row in rows:
+                new[0] += self.store.add_result(rid, row)
+                self.observer.result(spec, run, row)
+        return self._finish(spec, run, len(puzzles), new[0])
 
     def _solved_in(self, run_id: int, total: int) -> int:
         return self.store.query("select coalesce(sum(solved), 0) k from results where run_id = ? and puzzle_index < ?",
