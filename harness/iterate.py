@@ -8,10 +8,14 @@ Round 0 evaluates the starting model. Round r = 1..K then:
    test_new). Stored as a run on the slice file ``<out>/round<r>/search-train.jsonl``.
 2. **keep** — only the answers that verify (``sbt_core.countdown.verify``) are written to
    ``<out>/round<r>/paths.jsonl`` (``{"numbers", "target", "steps"}`` per line).
-3. **fine-tune** — ``training.sft.train`` with ``paths_file=`` (plain D_op examples, no
-   ``<backtrack>``), from the starting model (``restart_from="base"``, the paper's
-   choice) or from the model of round r-1 (``"previous"``). The model is saved in
-   ``<out>/round<r>/model``.
+3. **fine-tune** — ``training.sft.train`` with ``paths_file=``: the verified answers as
+   plain D_op examples (``train_data="op"``, what the authors' script does: its training
+   texts are the selected search outputs, no ``<backtrack>``) or with D_back examples built
+   on them too (``"op+back"``: the model keeps seeing backtracking data), from the starting
+   model (``restart_from="base"``, sbt's default) or from the model of round r-1
+   (``"previous"``, what the authors' ``train_self_improvement.py`` does: each iteration
+   loads the previous one's model). The model is saved in ``<out>/round<r>/model``. (The
+   authors' script also searches the evaluation split itself; sbt searches train only.)
 4. **evaluate** — the new model on ``test_new`` (``eval_limit`` puzzles): *fast* = greedy
    decoding, *slow* = the same self-backtracking search; both stored as runs.
 5. **record** — one row in the ``iterations`` table.
@@ -57,9 +61,12 @@ FAST_METHOD = "greedy"
 EVAL_SPLIT = "test_new"
 TRAIN_FILE = "train.jsonl"
 RESTARTS = ("base", "previous")
+TRAIN_DATA = ("op", "op+back")
 # settings that define an experiment: resuming with a different one is refused
 IDENTITY = ("start_model_sha256", "numbers", "data", "train_puzzles", "n", "b", "temperature", "eval_limit",
-            "tokens", "restart_from", "seed", "lr", "batch_size", "warmup_steps")
+            "tokens", "restart_from", "seed", "lr", "batch_size", "warmup_steps", "train_data")
+# the value an identity setting had before it was recorded (experiments started earlier)
+LEGACY = {"train_data": "op"}
 
 
 @dataclass
@@ -76,7 +83,8 @@ class IterateConfig:
     temperature: float = 0.7
     eval_limit: int | None = 1000  # test_new puzzles per evaluation (None: all)
     tokens: int = 500_000  # fine-tuning budget per round (training tokens)
-    restart_from: str = "base"  # base (paper) | previous (continue from round r-1)
+    restart_from: str = "base"  # base (sbt's default) | previous (continue from round r-1: the authors' script)
+    train_data: str = "op"  # op: plain verified paths (the authors' script) | op+back: plus D_back built on them
     seed: int = 0
     lr: float = 5e-4
     batch_size: int = 64
@@ -90,6 +98,8 @@ class IterateConfig:
         self.out = Path(self.out)
         if self.restart_from not in RESTARTS:
             raise SbtError(f"--restart-from must be one of {', '.join(RESTARTS)}, got {self.restart_from!r}")
+        if self.train_data not in TRAIN_DATA:
+            raise SbtError(f"--data must be one of {', '.join(TRAIN_DATA)} (or a data folder), got {self.train_data!r}")
         check_range(self.rounds, "--rounds", 0, MAX_ROUNDS, integer=True)
         check_range(self.train_puzzles, "--train-puzzles", 1, MAX_PUZZLES, integer=True)
         check_range(self.n, "--n", 1, SEARCH_MAXIMUM["n"], integer=True)
@@ -247,11 +257,12 @@ class Iteration:
                 "data": str(self.data_dir.resolve()), "train_puzzles": c.train_puzzles, "n": c.n, "b": c.b,
                 "temperature": c.temperature, "eval_split": EVAL_SPLIT, "eval_limit": c.eval_limit,
                 "tokens": c.tokens, "restart_from": c.restart_from, "seed": c.seed, "lr": c.lr,
-                "batch_size": c.batch_size, "warmup_steps": c.warmup_steps, "out": str(c.out)}
+                "batch_size": c.batch_size, "warmup_steps": c.warmup_steps, "train_data": c.train_data, "out": str(c.out)}
 
     def _check_same_experiment(self, settings: dict) -> None:
         for row in self.store.iterations(self.cfg.experiment):
             before = json.loads(row["params"] or "{}")
+            before = {**{k: v for k, v in LEGACY.items() if before}, **before}
             diff = [k for k in IDENTITY if k in before and before[k] != settings[k]]
             if diff:
                 what = ", ".join(f"{k}={before[k]!r} (now {settings[k]!r})" for k in diff)
@@ -311,7 +322,7 @@ class Iteration:
             self.log(f"round {round_}: model already trained ({model_dir})")
             return json.loads(done.read_text())
         c = self.cfg
-        tc = TrainConfig(out=str(model_dir), data_dir=str(self.data_dir), data="op", base_model=str(base),
+        tc = TrainConfig(out=str(model_dir), data_dir=str(self.data_dir), data=c.train_data, base_model=str(base),
                          paths_file=str(paths_file), max_tokens=int(c.tokens), batch_size=c.batch_size, lr=c.lr,
                          warmup_steps=c.warmup_steps, seed=c.seed, eval_every=10**9, eval_puzzles=c.val_puzzles,
                          ckpt_every=200, threads=c.threads)

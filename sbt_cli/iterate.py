@@ -23,7 +23,8 @@ DB_HELP = "results database (default: $SBT_DB, else results.db at the repository
 def iterate_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="starting self-backtracking model: a name in models/ or a directory (default: the shipped model for --numbers)"),
     numbers: Optional[int] = typer.Option(None, "--numbers", min=3, max=6, help="input numbers per puzzle (default: from the model name, else 4)"),
-    data: Optional[Path] = typer.Option(None, "--data", help="data folder with train.jsonl and test_new.jsonl (default: data/countdown<N>)"),
+    data: Optional[str] = typer.Option(None, "--data", help="fine-tuning data: op (the verified paths as plain paths; the authors' script) | op+back (plus backtracking examples built on them); default op. (A folder here is taken as --data-dir, as before.)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="data folder with train.jsonl and test_new.jsonl (default: data/countdown<N>)"),
     rounds: int = typer.Option(3, "--rounds", min=0, help="expert-iteration rounds K (round 0 = the starting model)"),
     train_puzzles: int = typer.Option(2000, "--train-puzzles", min=1, help="train puzzles searched per round (a different seeded slice each round)"),
     n: int = typer.Option(16, "--n", min=1, help="self-backtracking: samples per expansion"),
@@ -31,7 +32,7 @@ def iterate_cmd(
     temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="sampling temperature of the search"),
     eval_limit: Optional[int] = typer.Option(1000, "--eval-limit", min=1, help="test_new puzzles per evaluation"),
     tokens: float = typer.Option(500_000, "--tokens", min=1, help="fine-tuning budget per round, in training tokens (e.g. 5e5)"),
-    restart_from: str = typer.Option("base", "--restart-from", help="fine-tune each round from: base (the starting model; the paper's choice) | previous"),
+    restart_from: str = typer.Option("base", "--restart-from", help="fine-tune each round from: base (the starting model; sbt's default) | previous (the previous round's model; the authors' script)"),
     continue_: bool = typer.Option(False, "--continue", help="fine-tune each round from the previous round's model (= --restart-from previous)"),
     lr: float = typer.Option(5e-4, "--lr", min=0.0, help="fine-tuning learning rate"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="fine-tuning batch size"),
@@ -47,7 +48,7 @@ def iterate_cmd(
 ) -> None:
     """Expert iteration: self-backtracking search on TRAIN puzzles, fine-tune on the verified answers, evaluate fast (greedy) and slow (search) on test_new; K rounds.
 
-    Round r searches with the model of round r-1 and fine-tunes the starting model (or, with --continue, the previous one) on the verified answers, as plain paths. Every search and evaluation is a stored run; each round is a row of the `iterations` table. Re-running the same command resumes: finished rounds are skipped, an unfinished one continues (stored runs, training checkpoint).
+    Round r searches with the model of round r-1 and fine-tunes the starting model (or, with --continue, the previous one, as the authors' script does) on the verified answers, as plain paths (--data op, the authors' choice) or with backtracking examples built on them (--data op+back). Every search and evaluation is a stored run; each round is a row of the `iterations` table. Re-running the same command resumes: finished rounds are skipped, an unfinished one continues (stored runs, training checkpoint).
     """
     from rich.console import Console
 
@@ -60,6 +61,10 @@ def iterate_cmd(
     from sbt_core.settings import backend_options
 
     check_range(tokens, "--tokens", 1, MAX_TRAIN_TOKENS)  # (before int(): nan, inf)
+    if data is not None and data not in ("op", "op+back"):  # a data folder, as --data was before --data-dir
+        if data_dir is not None:
+            raise SbtError(f"--data must be op or op+back when --data-dir is given, got {data!r}")
+        data, data_dir = None, Path(data)
     options = backend_options("torch", dtype=dtype, device=device)
     if continue_:
         if restart_from not in ("base", "previous"):
@@ -71,7 +76,7 @@ def iterate_cmd(
     if not experiment.strip() or "/" in experiment:
         raise SbtError(f"--experiment {experiment!r}: use a plain name (no '/')")
     cfg = IterateConfig(model=model, experiment=experiment, out=out or Path("runs") / "iterate" / experiment,
-                        numbers=n_numbers, data=data, rounds=rounds, train_puzzles=train_puzzles, n=n, b=b,
+                        numbers=n_numbers, data=data_dir, train_data=data or "op", rounds=rounds, train_puzzles=train_puzzles, n=n, b=b,
                         temperature=temperature, eval_limit=eval_limit, tokens=int(tokens), restart_from=restart_from,
                         seed=seed, lr=lr, batch_size=batch_size, threads=threads, trace=trace)
     err = Console(stderr=True, highlight=False)

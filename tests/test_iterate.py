@@ -242,6 +242,17 @@ def test_sbt_iterate_end_to_end_and_resume(tmp_path, data_dir, start_model, sear
     # other settings under the same experiment name are refused
     r = runner.invoke(app, cli_args(start_model, data_dir, tmp_path, 2, "--temperature", "1.0"))
     assert r.exit_code == 2 and "temperature" in r.stderr and "--experiment" in r.stderr
+    # the fine-tuning data too (--data op+back; the folder then goes to --data-dir)
+    args = ["--data-dir" if a == "--data" else a for a in cli_args(start_model, data_dir, tmp_path, 2)]
+    r = runner.invoke(app, [*args, "--data", "op+back"])
+    assert r.exit_code == 2 and "train_data='op' (now 'op+back')" in r.stderr
+    # --data op+back keeps backtracking examples, built on the verified paths
+    r = runner.invoke(app, [*args, "--data", "op+back", "--rounds", "1", "--experiment", "t2", "--out", str(tmp_path / "o2")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "o2" / "round1" / "model" / "training.json").read_text())
+    assert report["config"]["data"] == "op+back" and report["data"]["given_paths"]["kept"] > 0
+    with open_store(db) as s:
+        assert json.loads(s.iterations("t2")[1]["params"])["train_data"] == "op+back"
 
 
 def test_interrupted_round_resumes_its_stored_search(tmp_path, data_dir, start_model, search_calls):
