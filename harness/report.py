@@ -71,6 +71,7 @@ class LeaderRow:
     git_sha: str | None = None
     started: str | None = None
     superseded: bool = False  # weights no longer shipped under this name (shown NAME@SHA8)
+    puzzles: str | None = None  # the puzzle file (two splits of one name: data/countdown3 vs data/countdown4)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,7 +153,7 @@ def leaderboard(store: Store, *, split: str | None = None, model: str | None = N
             accuracy=k / n if n else None, ci_low=lo, ci_high=hi,
             tokens_per_puzzle=r["tokens"], seconds_per_puzzle=r["wall_ms"] / 1000 if r["wall_ms"] is not None else None,
             backtracks_per_puzzle=r["backtracks"], model_calls_per_puzzle=r["model_calls"],
-            failures=fails.get(r["id"], {}), git_sha=r["git_sha"], started=r["started"],
+            failures=fails.get(r["id"], {}), git_sha=r["git_sha"], started=r["started"], puzzles=r["puzzles"],
         ))
     _tell_weights_apart(rows)
     rows.sort(key=lambda x: (x.split, x.model or "", -(x.accuracy or 0), x.method, x.label, x.seed))
@@ -251,15 +252,15 @@ def scaling_curves(rows: Sequence[LeaderRow], min_points: int = 2) -> list[Curve
 
 
 def compute_series(rows: Sequence[LeaderRow]) -> dict[tuple, list[LeaderRow]]:
-    """Runs grouped for the equal-compute plot: (split, model, method and its params but
-    N, b and width) -> the runs, fewest generated tokens per puzzle first (runs without
+    """Runs grouped for the equal-compute plot: (puzzle file, model, method and its params
+    but N, b and width) -> the runs, fewest generated tokens per puzzle first (runs without
     tokens, e.g. the exact solver, are left out)."""
     series: dict[tuple, list[LeaderRow]] = {}
     for r in rows:
         if r.n == 0 or not r.tokens_per_puzzle:
             continue
         rest = {k: v for k, v in r.params.items() if k not in ("n", "b", "width")}
-        series.setdefault((r.split, r.model or "-", format_label(r.method, rest)), []).append(r)
+        series.setdefault((r.puzzles or r.split, r.model or "-", format_label(r.method, rest)), []).append(r)
     return {k: sorted(v, key=lambda r: r.tokens_per_puzzle) for k, v in sorted(series.items())}
 
 

@@ -206,7 +206,7 @@ def save_plots(curves: Sequence[Curve], paths: Sequence[str | Path], with_paper:
 
 def save_compute_plot(rows: Sequence[LeaderRow], paths: Sequence[str | Path]) -> list[Path]:
     """Accuracy against generated tokens per puzzle (log axis) for every run: one panel per
-    split, one series per model and method (with its settings but N / b / width, which move
+    puzzle file, one series per model and method (with its settings but N / b / width, which move
     along the series; each point is labelled with them), 95% Wilson bars; oracle methods
     (they use the verifier) dotted and hollow. Read "matches pass@32" at equal cost here."""
     import matplotlib
