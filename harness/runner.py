@@ -2,7 +2,8 @@
 
 Every (method, params, model) cell is one *run* in the results store. A run's identity is
 (method, params, model sha256, backend, puzzles sha256, seed, backend options that change
-the computation: ``BackendOptions.identity``); running the same bench
+the computation: ``BackendOptions.identity``, and the puzzles' rules when they are "any":
+``sbt bench --rules any`` or ``"rules": "any"`` in the puzzle lines); running the same bench
 again finds the run and does only the puzzles it has no result for. Each puzzle's result
 is committed as soon as it finishes, so kill -9 loses at most the puzzle in flight.
 
@@ -199,6 +200,11 @@ class PuzzleSource:
     def label(self) -> str:
         return self.split or self.path.name
 
+    @property
+    def rules(self) -> str:
+        """The rules of its puzzles (one rule set per file: ``load_source`` refuses a mix)."""
+        return self.puzzles[0].rules if self.puzzles else "all"
+
 
 def infer_numbers(model: str | None) -> int:
     """How many input numbers a model was trained for (from its name; default 4)."""
@@ -218,12 +224,14 @@ def resolve_data_dir(data: str | Path | None, n_numbers: int) -> Path:
     return data
 
 
-_SOURCE_CACHE: dict[Path, PuzzleSource] = {}
+_SOURCE_CACHE: dict[tuple[Path, str | None], PuzzleSource] = {}
 
 
 def load_source(split: str | None, puzzles_file: str | Path | None, data: str | Path | None = None,
-                n_numbers: int = 4) -> PuzzleSource:
-    """The puzzle list of a bench: ``--puzzles FILE`` or ``<data>/<split>.jsonl``."""
+                n_numbers: int = 4, rules: str | None = None) -> PuzzleSource:
+    """The puzzle list of a bench: ``--puzzles FILE`` or ``<data>/<split>.jsonl``. ``rules``
+    (``--rules``): the rules of lines that name none (None: "all"); a line that names other
+    rules, or a file that mixes rules, is refused."""
     if puzzles_file is not None:
         path, split_name = Path(puzzles_file), None
     else:
@@ -235,20 +243,24 @@ def load_source(split: str | None, puzzles_file: str | Path | None, data: str | 
         if not path.is_file():
             hint = f"sbt data generate --numbers {n_numbers} --out {d}"
             raise SbtError(f"split file not found: {path} (generate it with `{hint}`, or pass --puzzles FILE)")
-    key = path.resolve()
+    key = (path.resolve(), rules)
     if key not in _SOURCE_CACHE:
-        puzzles = read_puzzles(path)
+        puzzles = read_puzzles(path, rules=rules)
         if not puzzles:
             raise SbtError(f"no puzzles in {path}")
+        mixed = sorted({p.rules for p in puzzles})
+        if len(mixed) > 1:
+            raise SbtError(f"{path} mixes puzzles of rules {' and '.join(mixed)}; one run judges one rule set "
+                           "(one file per rule set)")
         _SOURCE_CACHE[key] = PuzzleSource(path, split_name, puzzles, puzzles_sha256(puzzles))
     return _SOURCE_CACHE[key]
 
 
-def puzzles_numbers(puzzles_file: str | Path) -> int:
+def puzzles_numbers(puzzles_file: str | Path, rules: str | None = None) -> int:
     """How many input numbers the puzzles of ``puzzles_file`` have: with no ``--model``,
     the default model is picked by it (``sbt_core.models.default_model``, as ``sbt solve``
     does). ``SbtError`` for a file that mixes sizes (no one default model fits it)."""
-    sizes = sorted({len(p.numbers) for p in load_source(None, puzzles_file).puzzles})
+    sizes = sorted({len(p.numbers) for p in load_source(None, puzzles_file, rules=rules).puzzles})
     if len(sizes) > 1:
         raise SbtError(f"--puzzles {puzzles_file} mixes puzzles of {', '.join(map(str, sizes))} numbers and no "
                        "default model fits them all; pass --model (or one file per size)")
@@ -385,7 +397,7 @@ def solve_task(backend, method: str, puzzle: Puzzle, index: int, params: dict, s
 def identity_key(fields: dict) -> str:
     """The ``run_key`` of a run's ``run_fields`` (what ``Store.get_or_create_run`` keys it by)."""
     return run_key(fields["method"], json.loads(fields["params"]), fields.get("model_sha256"), fields.get("backend"),
-                   fields["puzzles_sha256"], fields["seed"], fields.get("backend_options"))
+                   fields["puzzles_sha256"], fields["seed"], fields.get("backend_options"), fields.get("rules"))
 
 
 @dataclass
@@ -422,22 +434,37 @@ class Bench:
     options: settings.BackendOptions | None = None  # backend options (None: from the environment)
     workers: int = 1  # local worker processes (harness.workers); 1: this process, as always
     ranks: Any = None  # harness.workers.Ranks under torchrun (rank 0 writes), else None
+    rules: str | None = None  # --rules: of puzzle lines that name none (None: "all"); part of a run's identity
     _backends: dict = field(default_factory=dict)
 
     def source_for(self, spec: RunSpec) -> PuzzleSource:
         n_numbers = self.n_numbers or infer_numbers(spec.model)
-        return load_source(self.split, self.puzzles_file, self.data, n_numbers)
+        return load_source(self.split, self.puzzles_file, self.data, n_numbers, self.rules)
+
+    def model_for(self, spec: RunSpec) -> str | None:
+        """The model a run opens: the one asked for; without one, under rules other than
+        "all", the model trained for the puzzles' size and rules (``default_model``: one line
+        naming the models there when there is none), else None (the backend's default)."""
+        if spec.model is not None or not spec.needs_model:
+            return spec.model
+        rules = self.source_for(spec).rules
+        if rules == "all":
+            return None
+        from sbt_core.models import default_model
+
+        return default_model(self.n_numbers or infer_numbers(spec.model), rules)
 
     def backend_for(self, spec: RunSpec):
         if not spec.needs_model:
             return None
-        key = (spec.model, self.backend)
+        model = self.model_for(spec)
+        key = (model, self.backend)
         if key not in self._backends:
             loader = self.load_backend
             if loader is None:
                 from sbt_core.backends import load_backend as loader  # heavy imports stay lazy
             extra = {"options": self.options} if self.options is not None else {}
-            self._backends[key] = loader(spec.model, self.backend, self.n_numbers or infer_numbers(spec.model), **extra)
+            self._backends[key] = loader(model, self.backend, self.n_numbers or infer_numbers(spec.model), **extra)
         return self._backends[key]
 
     def run_fields(self, spec: RunSpec, source: PuzzleSource, backend, n_puzzles: int) -> dict:
@@ -451,6 +478,7 @@ class Bench:
             "split": source.split,
             "puzzles": str(source.path),
             "puzzles_sha256": source.sha256,
+            "rules": source.rules,
             "puzzles_total": len(source.puzzles),
             "n_puzzles": n_puzzles,
             "seed": int(self.seed),
@@ -524,7 +552,8 @@ class Bench:
         ranks = self.ranks
         source = self.source_for(spec)
         puzzles = source.puzzles[: self.limit] if self.limit is not None else source.puzzles
-        key = (spec.model, self.backend, self.n_numbers or infer_numbers(spec.model)) if spec.needs_model else None
+        key = (self.model_for(spec), self.backend, self.n_numbers or infer_numbers(spec.model)) \
+            if spec.needs_model else None
         if key is None:
             backend = None
         elif pool is not None:
@@ -585,6 +614,7 @@ class Bench:
         check_workers(self.workers)
         for spec in self.specs:
             source = self.source_for(spec)
+            self.model_for(spec)  # no model trained for these puzzles' rules: one line, before anything runs
             if self.ranks is not None:  # every rank needs a puzzle of each run
                 self.ranks.check_size(len(source.puzzles[: self.limit] if self.limit is not None else source.puzzles),
                                       "puzzle")
@@ -594,7 +624,7 @@ class Bench:
             backend_spec(self.backend)  # unknown or not in this build: one line
             for spec in self.specs:
                 if spec.needs_model:  # as the backend will resolve it (llama: a GGUF)
-                    resolve_for(self.backend, spec.model, self.n_numbers or infer_numbers(spec.model))
+                    resolve_for(self.backend, self.model_for(spec), self.n_numbers or infer_numbers(spec.model))
 
     def run(self) -> list[RunOutcome]:
         """Every run of the matrix; with ``workers`` > 1 or under torchrun (``ranks``) through

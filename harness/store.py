@@ -5,8 +5,9 @@ Tables (documented in ``docs/bench.md``):
 - ``runs``: one row per method configuration run. Its identity ``key`` is a hash of
   (method, params, model sha256, backend, puzzles sha256, seed, and the backend options
   that change what it computes, ``backend_options``: bfloat16, cuda, ...; none for default
-  options, whose runs keep the key they had before options were recorded): running the
-  same bench again finds the same row and continues it.
+  options, whose runs keep the key they had before options were recorded; and the puzzle
+  ``rules`` when they are "any", migration ``m004_rules``: rules "all" keep their key):
+  running the same bench again finds the same row and continues it.
 - ``results``: one row per puzzle per run, primary key ``(run_id, puzzle_index)``; each
   row is committed as soon as its puzzle finishes, so a killed bench loses at most the
   puzzle in flight and a re-run never duplicates one.
@@ -43,6 +44,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 from sqlite_utils import Database
 
 from sbt_core import settings
+from sbt_core.countdown import DEFAULT_RULES
 from sbt_core.errors import SbtError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -74,14 +76,17 @@ def canonical_json(obj: Any) -> str:
 
 
 def run_key(method: str, params: dict, model_sha256: str | None, backend: str | None,
-            puzzles_sha256: str, seed: int, options: dict | None = None) -> str:
-    """A run's identity: same method, params, weights, backend, puzzles, seed and backend
+            puzzles_sha256: str, seed: int, options: dict | None = None, rules: str | None = None) -> str:
+    """A run's identity: same method, params, weights, backend, puzzles, seed, backend
     options (``BackendOptions.identity``: the non-default ones that change the computation)
-    -> same run. No options (the defaults) leave the key as it was before they counted."""
+    and puzzle rules -> same run. No options (the defaults) and rules "all" (or None) leave
+    the key as it was before they counted: one puzzle file run under rules "any" is another run."""
     ident = {"method": method, "params": params, "model_sha256": model_sha256 or None,
              "backend": backend or None, "puzzles_sha256": puzzles_sha256, "seed": int(seed)}
     if options:
         ident["options"] = options
+    if rules and rules != DEFAULT_RULES:
+        ident["rules"] = rules
     return hashlib.sha256(canonical_json(ident).encode()).hexdigest()
 
 
@@ -203,10 +208,17 @@ def _m003_trace_zlib(db: Database) -> None:
                             [(compress_trace(text), rowid) for rowid, text in rows])
 
 
+def _m004_rules(db: Database) -> None:
+    # the rules the run's puzzles were judged by: "all" (every number used once, the paper's)
+    # or "any" (any subset, TV Countdown); NULL: a run written before rules, so "all"
+    db["runs"].add_column("rules", str)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("m001_initial", _m001_initial),
     ("m002_backend_options", _m002_backend_options),
     ("m003_trace_zlib", _m003_trace_zlib),
+    ("m004_rules", _m004_rules),
 ]
 KNOWN_MIGRATIONS = {name for name, _ in MIGRATIONS}
 # migrations a read-only reader can do without: they add a column whose absence means its
@@ -214,7 +226,9 @@ KNOWN_MIGRATIONS = {name for name, _ in MIGRATIONS}
 # so `sbt bench report` still reads an older results.db that it may not migrate
 READER_OPTIONAL = {"m002_backend_options",
                    # traces of an older database are plain JSON text, which `trace_text` reads too
-                   "m003_trace_zlib"}
+                   "m003_trace_zlib",
+                   # a database written before rules holds only runs under rules "all"
+                   "m004_rules"}
 
 TRACE_ZLIB_LEVEL = 6  # (on bench traces: 11x smaller; level 9 is 3% smaller and twice as slow)
 
@@ -322,15 +336,18 @@ class Store:
             options = json.loads(options)
         if options:  # (default options: the column stays NULL)
             fields["backend_options"] = canonical_json(options)
+        rules = fields.pop("rules", None) or DEFAULT_RULES
         key = run_key(fields["method"], json.loads(fields["params"]), fields.get("model_sha256"),
-                      fields.get("backend"), fields["puzzles_sha256"], fields["seed"], options)
+                      fields.get("backend"), fields["puzzles_sha256"], fields["seed"], options, rules)
         now = utcnow()
 
         def go(db: Database) -> tuple[dict, bool]:
+            if "rules" in db["runs"].columns_dict:  # (m004_rules)
+                fields["rules"] = rules
             rows = list(db["runs"].rows_where("key = ?", [key]))
             if rows:
                 row = rows[0]
-                update = {k: fields[k] for k in ("command", "host", "pid", "n_puzzles", "puzzles", "model")
+                update = {k: fields[k] for k in ("command", "host", "pid", "n_puzzles", "puzzles", "model", "rules")
                           if k in fields}
                 update.update(status="running", updated=now, finished=None, error=None)
                 db["runs"].update(row["id"], update)
@@ -402,13 +419,14 @@ class Store:
 
     def traced_results(self, failed_only: bool = False, limit: int = 2000) -> list[dict]:
         """Per-puzzle results that have a stored trace (not the trace itself), newest run
-        first, with their run's method, params, model, split and seed as ``run_*`` and their
+        first, with their run's method, params, model, split, seed and rules as ``run_*`` (of
+        the columns the database has) and their
         row id as ``rid`` (the TUI's replay list). Reads databases of every schema version."""
         cols = set(self.db["results"].columns_dict)
         if "trace" not in cols:
             return []
         run_cols = set(self.db["runs"].columns_dict)
-        pick = [c for c in ("method", "params", "model", "split", "seed") if c in run_cols]
+        pick = [c for c in ("method", "params", "model", "split", "seed", "rules") if c in run_cols]
         sel = ", ".join(f"runs.{c} as run_{c}" for c in pick)
         rid = "results.id as rid" if "id" in cols else "results.rowid as rid"
         where = "results.trace is not null" + (" and results.solved = 0" if failed_only else "")

@@ -22,6 +22,26 @@ app = typer.Typer(help="Benchmark search methods into a SQLite results store; `s
 DB_HELP = "results database (default: $SBT_DB, else results.db at the repository root)"
 
 
+def _default_models(split: str, puzzles: Optional[Path], data: Optional[Path], numbers: Optional[int],
+                    rules: Optional[str]) -> list[str]:
+    """Without --model: the model trained for the puzzles' size and rules (``default_model``;
+    none: one line naming the models there and --method exact), so that no model answers
+    puzzles of a size or rules it was not trained for, and a run records that model's
+    search defaults. [] where that is the default model of ``--numbers`` (else 4), as always."""
+    from harness.runner import load_source
+    from sbt_core.models import default_model
+
+    legacy = numbers or 4  # the size whose default model a run without --model opens
+    try:
+        source = load_source(None if puzzles else split, puzzles, data, legacy, rules)
+    except SbtError:  # the preflight reports an unreadable puzzle file, in its order
+        return []
+    sizes = {len(p.numbers) for p in source.puzzles}
+    if len(sizes) != 1 or (source.rules == "all" and sizes == {legacy}):
+        return []
+    return [default_model(sizes.pop(), source.rules)]
+
+
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="bench")
 
@@ -48,6 +68,8 @@ def bench(
     temperature: Optional[float] = typer.Option(None, "--temperature", help="sampling temperature (default: the model's search_defaults.json, else each method's own, 0.7; 0: greedy)"),
     param: List[str] = typer.Option([], "--param", "-p", help="KEY=V1,V2: another method parameter to vary, e.g. width=2,4 or nodes=32,64 (repeatable)"),
     numbers: Optional[int] = typer.Option(None, "--numbers", min=3, max=6, help="input numbers per puzzle (default: from the model name, else from --puzzles, else 4)"),
+    rules: Optional[str] = typer.Option(None, "--rules", help="all | any: the rules of puzzles whose lines name none "
+                                        "(default all; any: any subset of the numbers, TV Countdown); stored with each run"),
     trace: bool = typer.Option(True, "--trace/--no-trace", help="store each puzzle's event trace"),
     workers: int = typer.Option(1, "--workers", help="worker processes, each with its own copy of the model on one "
                                 "thread (1-64; default 1: this process). Same rows as 1 worker"),
@@ -72,6 +94,10 @@ def bench(
     from sbt_core.settings import backend_options
 
     check_workers(workers)
+    if rules is not None:
+        from sbt_core.countdown import check_rules
+
+        check_rules(rules)
     options = backend_options(backend, dtype=dtype, device=device, threads=threads, quant=quant)
     ranks = Ranks.from_env()  # torchrun: this process's rank (None: alone)
     method_list = parse_list(methods, str, "--methods")
@@ -83,7 +109,9 @@ def bench(
     model_list = parse_list(model, str, "--model")
     if puzzles is not None and numbers is None and not model_list and any(
             METHODS[m].needs_model for m in method_list if m in METHODS):
-        numbers = puzzles_numbers(puzzles)  # the default model for the puzzles' size, as `sbt solve`
+        numbers = puzzles_numbers(puzzles, rules)  # the default model for the puzzles' size, as `sbt solve`
+    if not model_list and any(METHODS[m].needs_model for m in method_list if m in METHODS):
+        model_list = _default_models(split, puzzles, data, numbers, rules)
     specs = plan_matrix(method_list, parse_list(n, int, "--n"), parse_list(b, int, "--b"),
                         model_list or [None], temperature, parse_param_options(param),
                         model_defaults=lambda m: search_defaults(m, numbers or infer_numbers(m)),
@@ -93,7 +121,7 @@ def bench(
     progress = RichProgress(err, n_runs=len(specs)) if not quiet and writer else None
     bench = Bench(None, specs, split=None if puzzles else split, puzzles_file=puzzles, data=data,  # type: ignore[arg-type]
                   n_numbers=numbers, backend=backend, limit=limit, seed=seed, trace=trace,
-                  observer=progress or NullObserver(), options=options, workers=workers, ranks=ranks)
+                  observer=progress or NullObserver(), options=options, workers=workers, ranks=ranks, rules=rules)
     bench.preflight()  # puzzle files and models resolve before anything is written or shown
     store = None
     if ranks is not None:

@@ -27,6 +27,11 @@ def generate_cmd(
     min_number: int = typer.Option(1, "--min-number", help="smallest input number"),
     max_number: int = typer.Option(99, "--max-number",
                                    help="largest input number (e.g. 12: an extra set of small-number puzzles)"),
+    min_target: int = typer.Option(10, "--min-target", help="smallest target (TV Countdown: 100)"),
+    max_target: int = typer.Option(100, "--max-target", help="largest target (TV Countdown: 999)"),
+    rules: str = typer.Option("all", "--rules", help="all: every number used exactly once (the paper's game); "
+                              "any: any subset of the numbers (TV Countdown: --numbers 6 --rules any "
+                              "--min-target 100 --max-target 999)"),
     avoid: Optional[Path] = typer.Option(None, "--avoid",
                                          help="another data folder whose val/test puzzles must not be drawn "
                                               "(same --seed: same held-out targets)"),
@@ -39,6 +44,7 @@ def generate_cmd(
     from sbt_core.generate import GeneratorConfig, generate
 
     cfg = GeneratorConfig(n_numbers=numbers, seed=seed, min_number=min_number, max_number=max_number,
+                          min_target=min_target, max_target=max_target, rules=rules,
                           sizes={"train": train, "val": val, "test_seen": test_seen, "test_new": test_new})
     # the bars start with the first puzzles: a refusal is the only line a user sees
     bar = Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),

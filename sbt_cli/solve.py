@@ -8,9 +8,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from sbt_core.countdown import parse_puzzle
+from sbt_core.countdown import RULES_HELP, parse_puzzle
 from sbt_core import engine as core
 from sbt_core.errors import NoSolutionError, SbtError
+from sbt_core.models import default_model
 from sbt_core.search import METHODS
 from sbt_core.solver import is_solvable
 from sbt_core.settings import FLAG_HELP, backend_options
@@ -22,7 +23,9 @@ def solve(
     puzzle: str = typer.Argument(..., help='the puzzle, e.g. "2 3 5 -> 30"'),
     method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="|".join(METHODS)),
     model: Optional[str] = typer.Option(None, "--model", help="model name (in models/) or directory; "
-                                        "default: countdown4-backtrack (countdown3-backtrack for 3 numbers)"),
+                                        "default: countdown4-backtrack (countdown3-backtrack for 3 numbers; "
+                                        "other sizes and --rules any: a model trained for them, if any)"),
+    rules: str = typer.Option("all", "--rules", help=RULES_HELP),
     backend: str = typer.Option("torch", "--backend", help="torch|llama"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help=FLAG_HELP["dtype"]),
     device: Optional[str] = typer.Option(None, "--device", help=FLAG_HELP["device"]),
@@ -43,25 +46,37 @@ def solve(
         options = backend_options(backend, dtype=dtype, device=device, threads=threads, quant=quant)
         _solve(puzzle, method, model, backend, {"n": n, "b": b, "width": width, "nodes": nodes,
                                                  "temperature": temperature, "top_k": top_k},
-               seed, as_json, trace, options)
+               seed, as_json, trace, options, rules)
     except SbtError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
 
 
+def _backend_has_models(name: str) -> bool:
+    """Whether backend ``name`` opens models (an unknown name: opening it says so, later)."""
+    from sbt_core.backends import BACKENDS
+
+    spec = BACKENDS.get(name)
+    return spec is None or spec.needs_model
+
+
 def _solve(text: str, method: str, model: str | None, backend_name: str, given: dict, seed: int,
-           as_json: bool, trace: bool, options=None) -> None:
-    p = parse_puzzle(text)
+           as_json: bool, trace: bool, options=None, rules: str = "all") -> None:
+    p = parse_puzzle(text, rules)
     if method not in METHODS:
         raise SbtError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     spec = METHODS[method]
+    if spec.needs_model and model is None and _backend_has_models(backend_name):
+        # the model trained for this size and these rules; none: one line naming the models there
+        model = default_model(len(p.numbers), p.rules)
     engine = core.Engine(model, backend_name, len(p.numbers), options)  # nothing loads yet
     # the method's defaults, the model's search_defaults.json, the flags: every value is
     # checked against the documented limits before any model loads
     params = engine.params(method, given, names=("--{flag}",))
     if spec.needs_model:
-        if not is_solvable(p.numbers, p.target):  # no search can verify; say so instead of searching
-            raise NoSolutionError(f"{p} has no solution: no way of combining the numbers reaches {p.target} "
+        if not is_solvable(p.numbers, p.target, p.rules):  # no search can verify; say so instead of searching
+            how = "combining the numbers" if p.uses_all else "combining any of the numbers"
+            raise NoSolutionError(f"{p} has no solution: no way of {how} reaches {p.target} "
                                   "(checked by the exact solver)")
         backend = engine.backend  # resolves and opens the model
     else:
@@ -74,7 +89,8 @@ def _solve(text: str, method: str, model: str | None, backend_name: str, given: 
         where = f"  {backend.model_name} ({backend.backend_name})" if backend else ""
         shown = " ".join(f"{'T' if k == 'temperature' else k}={v}" for k, v in params.items()
                          if k in ("n", "b", "width", "nodes", "temperature"))
-        console.print(f"[bold]{p}[/]  {' '.join(filter(None, (method, shown)))}{where}")
+        head = f"{p}" if p.uses_all else f"{p} (rules {p.rules})"
+        console.print(f"[bold]{head}[/]  {' '.join(filter(None, (method, shown)))}{where}")
         view = SearchView(console)
     result, events = core.solve(backend, method, p, params, seed, keep_events=trace, on_event=view)
     if as_json:

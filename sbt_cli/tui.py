@@ -14,6 +14,8 @@ def tui(
     puzzle: Optional[str] = typer.Argument(None, help='the puzzle, e.g. "25 5 2 7 -> 92" (optional)'),
     method: str = typer.Option("self-backtrack", "--method", "-m", help="search method (or `demo`: simulated, no model)"),
     model: Optional[str] = typer.Option(None, "--model", help="model name or directory"),
+    rules: str = typer.Option("all", "--rules", help="all: every number used exactly once (the paper's rules); "
+                              "any: any subset (TV Countdown)"),
     backend: str = typer.Option("torch", "--backend", help="torch|llama|scripted"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help=FLAG_HELP["dtype"]),
     device: Optional[str] = typer.Option(None, "--device", help=FLAG_HELP["device"]),
@@ -39,6 +41,9 @@ def tui(
 
     if speed not in SPEEDS:
         raise SbtError(f"--speed must be one of {', '.join(map(str, SPEEDS))}")
+    from sbt_core.countdown import check_rules
+
+    check_rules(rules)
     # the budgets and the temperature get the checks of `sbt solve` (sbt_core.limits) before the app starts
     resolve_params({}, {"n": n, "b": b, "temperature": temperature}, names=["--{flag}"])
     # a puzzle that cannot be read opens the app with it in the box and the error under it
@@ -46,7 +51,7 @@ def tui(
     options = backend_options(backend, dtype=dtype, device=device, threads=threads, quant=quant)
     budgets = {k: v for k, v in (("n", n), ("b", b)) if v is not None}  # unset: the defaults of sbt solve
     settings = Settings(method=method, **budgets, temperature=temperature, seed=seed, model=model,  # None: per puzzle
-                        backend=backend, split=split, options=options)
+                        backend=backend, split=split, options=options, rules=rules)
     SbtApp(puzzle, settings, trace=loaded, speed=speed, db=db).run()
 
 

@@ -4,6 +4,13 @@ Rules (Stream of Search, which the paper follows): every number is used exactly 
 each step combines two available numbers with + - * / into one new number,
 subtraction never goes negative, division must be exact (and never by zero), and the
 last remaining number must equal the target.
+
+A puzzle's ``rules`` say which numbers an answer must use: ``"all"`` (the default, the
+paper's game above) or ``"any"`` (TV Countdown: the steps are the same, any subset of the
+numbers may be used, and an answer is correct when its last step's result is the target;
+numbers may stay unused). Under both rules an answer is a list of at least one step: a
+puzzle whose target is one of its numbers is not solved by zero steps (``"any"`` needs a
+step that makes the target, e.g. ``100 * 1 = 100`` or ``75 + 25 = 100``).
 """
 
 from __future__ import annotations
@@ -20,6 +27,16 @@ from .limits import MAX_NUMBERS, MAX_PUZZLE_TEXT, MIN_NUMBERS
 OPS = ("+", "-", "*", "/")
 SHOWN_TOKEN = 20  # characters of a user's token quoted in an error (longer: cut, with "…")
 SHOWN_STEP = 40  # characters of a step line quoted in a verdict
+RULES = ("all", "any")  # which numbers an answer must use: every one exactly once, or any of them at most once
+DEFAULT_RULES = "all"
+RULES_HELP = "all: every number used exactly once (the paper's rules); any: any subset (TV Countdown)"
+
+
+def check_rules(rules, flag: str = "--rules") -> str:
+    """``rules`` if it names a rule set (``RULES``), else ``PuzzleError`` naming ``flag``."""
+    if not isinstance(rules, str) or rules not in RULES:
+        raise PuzzleError(f"{flag} must be one of {', '.join(RULES)}, got {shorten(repr(rules), SHOWN_TOKEN)}")
+    return rules
 
 
 def shorten(text: str, limit: int) -> str:
@@ -33,10 +50,17 @@ def shorten(text: str, limit: int) -> str:
 class Puzzle:
     numbers: tuple[int, ...]
     target: int
+    rules: str = DEFAULT_RULES  # "all" | "any" (module doc); "all" leaves every output as it was
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "numbers", tuple(int(x) for x in self.numbers))
         object.__setattr__(self, "target", int(self.target))
+        check_rules(self.rules, "rules")
+
+    @property
+    def uses_all(self) -> bool:
+        """Every number must be used (rules "all")."""
+        return self.rules == "all"
 
     @property
     def key(self) -> tuple[tuple[int, ...], int]:
@@ -47,10 +71,18 @@ class Puzzle:
         return f"{' '.join(map(str, self.numbers))} -> {self.target}"
 
     def to_json(self) -> dict:
-        return {"numbers": list(self.numbers), "target": self.target}
+        """``{"numbers", "target"}``, plus ``"rules"`` when they are not "all" (so that the
+        JSON of an "all" puzzle is what it always was)."""
+        out = {"numbers": list(self.numbers), "target": self.target}
+        if self.rules != DEFAULT_RULES:
+            out["rules"] = self.rules
+        return out
 
     @classmethod
-    def from_json(cls, obj: dict) -> "Puzzle":
+    def from_json(cls, obj: dict, rules: str | None = None) -> "Puzzle":
+        """A puzzle object (``numbers``, ``target``, optionally ``rules``); ``rules``: the
+        rules of an object that names none (default "all"). An object whose ``rules``
+        differ from a given ``rules`` is refused."""
         def whole(x) -> bool:
             return isinstance(x, int) and not isinstance(x, bool)
 
@@ -59,7 +91,12 @@ class Puzzle:
                 and all(whole(x) for x in obj["numbers"]) and whole(obj.get("target"))):
             raise PuzzleError(f"not a puzzle object (needs 'numbers': a list of whole numbers and "
                               f"'target': a whole number): {obj!r:.80}")
-        puzzle = cls(tuple(obj["numbers"]), obj["target"])
+        own = obj.get("rules")
+        if own is not None:
+            check_rules(own, "'rules'")
+            if rules is not None and own != rules:
+                raise PuzzleError(f"the puzzle says rules {own!r} but rules {rules!r} were asked for")
+        puzzle = cls(tuple(obj["numbers"]), obj["target"], own or rules or DEFAULT_RULES)
         check_puzzle(puzzle)
         return puzzle
 
@@ -83,8 +120,10 @@ _ARROWS = ("->", "→", "=>")
 _INT = re.compile(r"[+-]?\d+")
 
 
-def parse_puzzle(text: str) -> Puzzle:
-    """Read what a user types: ``2 3 5 -> 30``, ``2,3,5->30``, ``[2, 3, 5] -> 30``, ``2 3 5 → 30``."""
+def parse_puzzle(text: str, rules: str = DEFAULT_RULES) -> Puzzle:
+    """Read what a user types: ``2 3 5 -> 30``, ``2,3,5->30``, ``[2, 3, 5] -> 30``, ``2 3 5 → 30``;
+    ``rules``: "all" or "any" (``sbt solve --rules``)."""
+    check_rules(rules)
     if not isinstance(text, str):
         raise PuzzleError("a puzzle must be text")
     if len(text) > MAX_PUZZLE_TEXT:
@@ -110,7 +149,7 @@ def parse_puzzle(text: str) -> Puzzle:
     targets = _read_ints(right, "target")
     if len(targets) != 1:
         raise PuzzleError(f"expected one target after the arrow, got {right!r}")
-    return check_puzzle(Puzzle(tuple(numbers), targets[0]))
+    return check_puzzle(Puzzle(tuple(numbers), targets[0], rules))
 
 
 def _read_ints(part: str, what: str) -> list[int]:
@@ -205,8 +244,8 @@ class Failure(str, enum.Enum):
     UNKNOWN_NUMBER = "unknown_number"
     INCORRECT_RESULT = "incorrect_result"
     ILLEGAL_OPERATION = "illegal_operation"
-    UNUSED_NUMBERS = "unused_numbers"
-    TARGET_NOT_REACHED = "target_not_reached"
+    UNUSED_NUMBERS = "unused_numbers"  # (rules "all" only)
+    TARGET_NOT_REACHED = "target_not_reached"  # (the last step's result is not the target)
     NO_ANSWER = "no_answer"
 
     def __str__(self) -> str:
@@ -230,12 +269,15 @@ class Verdict:
     failure: Failure | None = None
     step_index: int | None = None
     detail: str = ""
+    rules: str = DEFAULT_RULES  # the rules it was judged by (how a verified answer is described)
 
     def __bool__(self) -> bool:
         return self.ok
 
     def describe(self) -> str:
         if self.ok:
+            if self.rules != DEFAULT_RULES:
+                return "verified: numbers used at most once, target reached"
             return "verified: every number used once, target reached"
         where = f" (step {self.step_index + 1})" if self.step_index is not None else ""
         return f"{FAILURE_TEXT[self.failure]}{where}: {self.detail}" if self.detail else FAILURE_TEXT[self.failure] + where
@@ -321,22 +363,32 @@ def apply_step(state: Sequence[int], step: Step) -> tuple[int, ...]:
 
 
 def verify(puzzle: Puzzle, steps: Iterable[Step | str | None]) -> Verdict:
-    """Strictly judge an answer: every number used exactly once, legal exact steps, target reached."""
+    """Strictly judge an answer: legal exact steps on available numbers, the target reached
+    by the last step, and (rules "all") every number used exactly once. Rules "any" take
+    the same failure categories except ``UNUSED_NUMBERS``, and need at least one step."""
     state: tuple[int, ...] = tuple(sorted(puzzle.numbers))
     last: int | None = None
+    rules = puzzle.rules
     for i, move in enumerate(replay(puzzle, steps)):
         if not move.ok:
-            return Verdict(False, move.failure, i, move.detail)
+            return Verdict(False, move.failure, i, move.detail, rules)
         state, last = move.state, move.step.result
-    if last is None and len(puzzle.numbers) > 1:
-        return Verdict(False, Failure.NO_ANSWER, None, "no steps")
+    if last is None and (len(puzzle.numbers) > 1 or not puzzle.uses_all):
+        return Verdict(False, Failure.NO_ANSWER, None, "no steps", rules)
     left = list(state)
     final = last if last is not None else left[0]
     if final != puzzle.target:
-        return Verdict(False, Failure.TARGET_NOT_REACHED, None, f"ended at {final}, target {puzzle.target}")
-    if len(left) > 1:
-        return Verdict(False, Failure.UNUSED_NUMBERS, None, f"left unused: {left}")
-    return Verdict(True)
+        return Verdict(False, Failure.TARGET_NOT_REACHED, None, f"ended at {final}, target {puzzle.target}", rules)
+    if len(left) > 1 and puzzle.uses_all:
+        return Verdict(False, Failure.UNUSED_NUMBERS, None, f"left unused: {left}", rules)
+    return Verdict(True, rules=rules)
+
+
+def is_finished(puzzle: Puzzle, state: Sequence[int], last: int | None) -> bool:
+    """Whether an answer whose correct steps left ``state``, the last one making ``last``
+    (None: no step yet, not an answer), is complete and right: the target made by the last
+    step and (rules "all") one number left."""
+    return last is not None and last == puzzle.target and (len(state) == 1 or not puzzle.uses_all)
 
 
 def expression(puzzle: Puzzle, steps: Sequence[Step]) -> str:

@@ -9,6 +9,11 @@ puzzles never changes val or test, and a smaller train set is a prefix of a larg
 A narrower number range (e.g. ``max_number=12``: the small-number puzzles users type, rare
 when numbers are uniform on 1..99) makes an extra training set; ``avoid`` (another data
 folder's eval puzzles) keeps it disjoint from that folder's val and test splits.
+
+``rules="any"`` (TV Countdown: any subset of the numbers, ``countdown`` module doc) keeps a
+draw when some of its numbers reach the target, and writes ``"rules": "any"`` in every row
+and in meta.json (rules "all" write neither: their files are what they always were). The TV
+game: ``sbt data generate --numbers 6 --rules any --min-target 100 --max-target 999``.
 """
 
 from __future__ import annotations
@@ -29,12 +34,12 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .children import die_with_parent
-from .countdown import Puzzle
+from .countdown import DEFAULT_RULES, Puzzle, check_rules
 from .errors import SbtError
 from .files import write_atomic
 from .limits import MAX_GENERATE_DRAWS, MAX_GENERATE_WORKERS, MAX_NUMBER, MAX_SPLIT_PUZZLES, check_range
 from .locks import output_lock
-from .solver import _reach, is_solvable
+from .solver import _reach, _subsets, is_solvable
 
 SPLITS = ("train", "val", "test_seen", "test_new")
 EVAL_SPLITS = ("val", "test_seen", "test_new")
@@ -58,18 +63,20 @@ class GeneratorConfig:
     max_target: int = 100
     holdout_fraction: float = 0.10
     sizes: dict[str, int] = field(default_factory=lambda: {"train": 500_000, "val": 1_000, "test_seen": 5_000, "test_new": 5_000})
+    rules: str = DEFAULT_RULES  # "all" | "any" (last: meta.json of "all" data keeps its keys and order)
 
     def __post_init__(self) -> None:
+        check_rules(self.rules)
         if not 3 <= self.n_numbers <= 6:
             raise SbtError(f"--numbers must be between 3 and 6, got {self.n_numbers}")
         if self.min_number < 1:
             raise SbtError(f"--min-number must be at least 1, got {self.min_number}")
         for flag, value in (("--min-number", self.min_number), ("--max-number", self.max_number),
-                            ("the smallest target", self.min_target), ("the largest target", self.max_target)):
+                            ("--min-target", self.min_target), ("--max-target", self.max_target)):
             if value > MAX_NUMBER:
                 raise SbtError(f"{flag} must be at most {MAX_NUMBER:,} (the number limit), got {value:,}")
         if self.min_target < 0:
-            raise SbtError(f"the smallest target must be at least 0, got {self.min_target}")
+            raise SbtError(f"--min-target must be at least 0, got {self.min_target}")
         if self.min_number > self.max_number or self.min_target > self.max_target:
             raise SbtError("empty number or target range")
         if not 0 <= self.holdout_fraction < 1:
@@ -98,7 +105,7 @@ def _draw_chunk(args: tuple) -> list[tuple[tuple[int, ...], int]]:
         target = rng.choice(targets)
         for _ in range(max_draws):
             numbers = tuple(rng.randint(cfg.min_number, cfg.max_number) for _ in range(cfg.n_numbers))
-            if is_solvable(numbers, target):
+            if is_solvable(numbers, target, cfg.rules):
                 out.append((numbers, target))
                 break
         # else: the target is out of reach of the number range (a narrow --max-number): no puzzle
@@ -172,7 +179,10 @@ def iter_split(cfg: GeneratorConfig, split: str, taken: set, workers: int = 1,
                 if key in taken:
                     continue
                 taken.add(key)
-                yield {"id": f"{split}-{done:06d}", "split": split, "numbers": list(numbers), "target": target}
+                row = {"id": f"{split}-{done:06d}", "split": split, "numbers": list(numbers), "target": target}
+                if cfg.rules != DEFAULT_RULES:
+                    row["rules"] = cfg.rules
+                yield row
                 done += 1
                 if done == size:
                     break
@@ -201,11 +211,17 @@ PROBE_SAMPLES = {3: 40_000, 4: 8_000, 5: 1_000, 6: 100}
 PROBE_DELTA = 1e-6  # a sampled upper bound is exceeded with at most this probability
 
 
-def _reachable_count(numbers: tuple[int, ...], targets: frozenset) -> int:
+def _reachable_count(numbers: tuple[int, ...], targets: frozenset, rules: str = DEFAULT_RULES) -> int:
     """How many of ``targets`` the sorted ``numbers`` reach (all of them, each once: the solver's
-    rule, ``is_solvable``). The full set of values of n > 3 numbers is not kept in the
-    solver's cache (it is large and the generator never asks for it)."""
+    rule, ``is_solvable``; rules "any": some sub-multiset of at least two of them, each
+    number of it once). The full set of values of n > 3 numbers is not kept in the solver's
+    cache (it is large and the generator never asks for it)."""
     values = _reach(numbers) if len(numbers) <= 3 else _reach.__wrapped__(numbers)
+    if rules != DEFAULT_RULES:  # the proper sub-multisets' values are in the cache now (the splits of the whole)
+        values = set(values)
+        for sub in _subsets(numbers):
+            if len(sub) < len(numbers):
+                values |= _reach(sub)
     return len(targets & values) if len(values) > len(targets) else sum(v in targets for v in values)
 
 
@@ -259,10 +275,10 @@ def check_feasible(cfg: GeneratorConfig, taken: set | frozenset = frozenset()) -
         if multisets <= EXACT_MULTISETS[n]:
             total = hits = 0  # hits: solvable (ordered draw, target) pairs, as the generator draws
             for m in itertools.combinations_with_replacement(range(lo, hi + 1), n):
-                c = _reachable_count(m, tset)
+                c = _reachable_count(m, tset, cfg.rules)
                 total += c
                 hits += c * _orderings(m)
-            total -= sum(is_solvable(*k) for k in avoided)
+            total -= sum(is_solvable(*k, cfg.rules) for k in avoided)
             if asked > total:
                 refuse(f"{total:,}")
             p = hits / (span ** n * len(targets))
@@ -279,7 +295,7 @@ def check_feasible(cfg: GeneratorConfig, taken: set | frozenset = frozenset()) -
         k, (count_mean, count_upper), (draw_mean, draw_upper) = probe
         sample = f" (in a sample of {k:,} number sets)"
         scale = multisets * len(targets)
-        upper = scale * count_upper - sum(is_solvable(*key) for key in avoided)
+        upper = scale * count_upper - sum(is_solvable(*key, cfg.rules) for key in avoided)
         if asked > upper:
             refuse(f"about {max(int(scale * count_mean) - len(avoided), 0):,} (at most {max(int(upper), 0):,} "
                    f"by a sample of {k:,} number sets)")
@@ -296,7 +312,8 @@ def _probe(cfg: GeneratorConfig, targets: frozenset, multisets: int, asked: int,
     settings decide in milliseconds). Stops early too once a refusal is certain."""
     n, lo = cfg.n_numbers, cfg.min_number
     span = cfg.max_number - lo + n  # n distinct positions in 0..span-1 <-> one multiset
-    rng = random.Random(f"probe-{n}-{lo}-{cfg.max_number}-{sorted(targets)}")
+    rng = random.Random(f"probe-{n}-{lo}-{cfg.max_number}-{sorted(targets)}"
+                        + ("" if cfg.rules == DEFAULT_RULES else f"-{cfg.rules}"))
     scale = multisets * len(targets)
     fact = math.factorial(n)
     k = 0
@@ -304,7 +321,7 @@ def _probe(cfg: GeneratorConfig, targets: frozenset, multisets: int, asked: int,
     while k < PROBE_SAMPLES[n]:  # a count, never a time: the same answer on every machine and load
         pos = sorted(rng.sample(range(span), n))
         m = tuple(lo + p - i for i, p in enumerate(pos))
-        x = _reachable_count(m, targets) / len(targets)
+        x = _reachable_count(m, targets, cfg.rules) / len(targets)
         z = x * _orderings(m) / fact
         k += 1
         sx, sxx, sz, szz = sx + x, sxx + x * x, sz + z, szz + z * z
@@ -358,6 +375,9 @@ def avoided_puzzles(cfg: GeneratorConfig, data_dir: Path) -> set:
         meta = json.loads((data_dir / "meta.json").read_text())
     except (OSError, ValueError):
         raise SbtError(f"--avoid {data_dir}: no readable meta.json (not an `sbt data generate` folder)") from None
+    if meta.get("rules", DEFAULT_RULES) != cfg.rules:
+        raise SbtError(f"--avoid {data_dir}: its puzzles are for rules {meta.get('rules', DEFAULT_RULES)!r}, "
+                       f"these for {cfg.rules!r}")
     if meta.get("held_out_targets") != cfg.targets()[1]:
         raise SbtError(f"--avoid {data_dir}: its held-out targets differ from these "
                        f"(use its --seed {meta.get('seed')} and target range)")
@@ -455,7 +475,10 @@ def _write_splits(cfg: GeneratorConfig, out_dir: Path, workers: int, progress, t
                 temps[path] = _write_temp(path, (_jsonl_line(r) for r in rows))
             written[split] = size
         seen, held = cfg.targets()
-        meta = {"generator": "sbt stream-of-search v1", **asdict(cfg), "seen_targets": seen,
+        config = asdict(cfg)
+        if cfg.rules == DEFAULT_RULES:  # meta.json of "all" data: as it always was
+            del config["rules"]
+        meta = {"generator": "sbt stream-of-search v1", **config, "seen_targets": seen,
                 "held_out_targets": held, "written": written}
         if avoid:
             meta["avoided"] = {"data_dir": str(avoid), "puzzles": avoided}
@@ -547,8 +570,10 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     write_atomic(path, "".join(_jsonl_line(r) for r in rows), what="file")
 
 
-def read_puzzles(path: Path | str, limit: int | None = None) -> list[Puzzle]:
-    """Puzzles from a JSONL file (lines with ``numbers`` and ``target``); clear errors on bad lines."""
+def read_puzzles(path: Path | str, limit: int | None = None, rules: str | None = None) -> list[Puzzle]:
+    """Puzzles from a JSONL file (lines with ``numbers`` and ``target``, and ``rules`` where
+    they are not "all"); clear errors on bad lines. ``rules``: the rules of lines that name
+    none (default "all"); a line that names other rules is refused."""
     path = Path(path)
     if not path.is_file():
         raise SbtError(f"puzzle file not found: {path}")
@@ -564,7 +589,7 @@ def read_puzzles(path: Path | str, limit: int | None = None) -> list[Puzzle]:
             except RecursionError:
                 raise SbtError(f"{path}:{lineno}: JSON nested too deeply") from None
             try:
-                out.append(Puzzle.from_json(obj))
+                out.append(Puzzle.from_json(obj, rules))
             except SbtError as exc:
                 raise SbtError(f"{path}:{lineno}: {exc}") from None
             if limit is not None and len(out) >= limit:

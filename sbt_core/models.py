@@ -32,9 +32,108 @@ def models_dir() -> Path:
     return settings.models_dir() or MODELS_DIR
 
 
-def default_model(n_numbers: int = 4) -> str:
-    """The shipped model for puzzles with ``n_numbers`` inputs."""
-    return "countdown3-backtrack" if n_numbers == 3 else "countdown4-backtrack"
+class NoModelError(SbtError):
+    """No model in the models folder was trained for a puzzle's size and rules."""
+
+
+def default_model(n_numbers: int = 4, rules: str = "all") -> str:
+    """The model for puzzles with ``n_numbers`` inputs under ``rules`` ("all" | "any"): the
+    shipped ``countdown3-backtrack`` / ``countdown4-backtrack`` for 3 / 4 numbers under "all"
+    (by name, whether or not it is there: resolving it says so), else a model of the models
+    folder that was trained for that size and those rules (``trained_for``; a backtracking
+    one first). ``NoModelError`` (one line naming the models there and ``--method exact``)
+    when there is none: a model never answers puzzles of a size or rules it was not
+    trained for unless the user names it (``--model``)."""
+    if rules == "all" and n_numbers in (3, 4):
+        name = f"countdown{n_numbers}-backtrack"
+        trained = trained_for(models_dir() / name) if (models_dir() / name).is_dir() else (None, None)
+        if trained[0] in (None, n_numbers) and trained[1] in (None, rules):
+            return name
+    known = _known_models()
+    fits = sorted((name for name, (n, r) in known.items() if n == n_numbers and r == rules),
+                  key=lambda name: ("backtrack" not in name, name))
+    if fits:
+        return fits[0]
+    under = "" if rules == "all" else f" under rules {rules!r} (any subset of the numbers)"
+    shown = ", ".join(f"{name} ({n if n is not None else '?'} numbers{'' if r in (None, 'all') else ', ' + r})"
+                      for name, (n, r) in sorted(known.items())) or f"none in {models_dir()}"
+    raise NoModelError(f"no model is trained for {n_numbers}-number puzzles{under}; models: {shorten(shown, 160)}; "
+                       "use --method exact (the solver), or --model DIR for a model of your own")
+
+
+TRAINING_FILE = "training.json"
+
+
+def _known_models() -> dict[str, tuple[int | None, str | None]]:
+    """The model directories of the models folder (a config.json or adapter_config.json) and
+    what each was trained for."""
+    root = models_dir()
+    try:
+        dirs = sorted(p for p in root.iterdir() if p.is_dir() and ((p / "config.json").is_file()
+                                                                   or (p / ADAPTER_CONFIG).is_file()))
+    except OSError:
+        return {}
+    return {p.name: trained_for(p) for p in dirs}
+
+
+def trained_for(name_or_path: str | os.PathLike) -> tuple[int | None, str | None]:
+    """(number count, rules) a model was trained for, or None for what it does not record.
+
+    From its ``training.json`` (``sbt train`` writes it): the count and rules it records
+    (``n_numbers`` / ``rules``, at the top or in ``config``), else those of the data folder it
+    trained on (``config.data_dir``: its ``meta.json``, written by ``sbt data generate``),
+    else ``--numbers N`` of its recorded command; else a ``countdownN`` in the model's own
+    name. Rules are "all" wherever a number count is known and no rules are recorded (every
+    model before rules "any" was trained on "all" data). Never raises."""
+    path = model_dir_of(name_or_path)
+    n: int | None = None
+    rules: str | None = None
+    try:
+        info = json.loads((path / TRAINING_FILE).read_text())
+    except (OSError, ValueError):
+        info = None
+    if isinstance(info, dict):
+        config = info.get("config") if isinstance(info.get("config"), dict) else {}
+        for where in (info, config):
+            n = n if n is not None else _whole(where.get("n_numbers"))
+            rules = rules or (where.get("rules") if where.get("rules") in ("all", "any") else None)
+        data_dir = config.get("data_dir")
+        if isinstance(data_dir, str) and data_dir and (n is None or rules is None):
+            meta = _data_meta(data_dir, path)
+            if meta is not None:
+                n = n if n is not None else _whole(meta.get("n_numbers"))
+                rules = rules or (meta.get("rules", "all") if meta.get("rules", "all") in ("all", "any") else None)
+        command = info.get("command")
+        if n is None and isinstance(command, str):
+            m = re.search(r"--numbers[ =](\d+)\b", command)
+            n = int(m.group(1)) if m else None
+        if n is None and isinstance(data_dir, str):
+            m = re.search(r"countdown[-_]?(\d)(?!\d)", Path(data_dir).name)
+            n = int(m.group(1)) if m else None
+    if n is None:
+        m = re.search(r"countdown[-_]?(\d)(?!\d)", path.name)
+        n = int(m.group(1)) if m else None
+    if n is not None and rules is None:
+        rules = "all"
+    return n, rules
+
+
+def _whole(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _data_meta(data_dir: str, model_dir: Path) -> dict | None:
+    """The ``meta.json`` of a data folder a training.json names (a relative path is looked
+    up from the working folder, the repository and the model's folder)."""
+    d = Path(data_dir).expanduser()
+    for base in ([d] if d.is_absolute() else [Path.cwd() / d, MODELS_DIR.parent / d, model_dir / d]):
+        try:
+            meta = json.loads((base / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict):
+            return meta
+    return None
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> Path:

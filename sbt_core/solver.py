@@ -1,14 +1,23 @@
 """Exact Countdown solver: find a solution, prove there is none, count solutions, and
 answer "is this state still solvable?" (memoised: data construction asks it millions
-of times)."""
+of times).
+
+Under rules "any" (``countdown`` module doc) a state is solvable when some sub-multiset of
+at least two of its numbers reaches the target using all of ITS numbers: the last step of
+an answer is an expression over the numbers it used, and numbers it did not use (including
+results of steps it never used again) do not matter. So every question under "any" is the
+"all" question asked of sub-multisets, smallest first (a solution uses as few numbers as
+possible).
+"""
 
 from __future__ import annotations
 
+import itertools
 import random
 from functools import lru_cache
 from typing import Iterable, Iterator, Sequence
 
-from .countdown import OPS, Puzzle, Step, apply_op, apply_step, legal_steps, replay, verify
+from .countdown import DEFAULT_RULES, OPS, Puzzle, Step, apply_op, apply_step, check_rules, legal_steps, replay, verify
 
 
 def _results(a: int, b: int) -> set[int]:
@@ -81,19 +90,54 @@ def _solvable(state: tuple[int, ...], target: int) -> bool:
     return False
 
 
-def is_solvable(state: Sequence[int], target: int) -> bool:
-    """True when the available numbers can still reach the target using all of them."""
-    return _solvable(tuple(sorted(state)), target)
+def _subsets(state: tuple[int, ...], smallest: int = 2) -> Iterator[tuple[int, ...]]:
+    """The distinct sub-multisets of a sorted multiset with at least ``smallest`` numbers,
+    smallest first (each sorted)."""
+    for size in range(smallest, len(state) + 1):
+        seen: set[tuple[int, ...]] = set()
+        for sub in itertools.combinations(state, size):  # combinations of a sorted tuple stay sorted
+            if sub not in seen:
+                seen.add(sub)
+                yield sub
+
+
+@lru_cache(maxsize=1 << 16)
+def _solvable_any(state: tuple[int, ...], target: int) -> tuple[int, ...] | None:
+    """The smallest sub-multiset (at least two numbers) of ``state`` that reaches ``target``
+    using all of its numbers, or None."""
+    return next((sub for sub in _subsets(state) if _solvable(sub, target)), None)
+
+
+def is_solvable(state: Sequence[int], target: int, rules: str = DEFAULT_RULES) -> bool:
+    """True when the available numbers can still reach the target: using all of them
+    (rules "all"), or with at least one more step on any of them (rules "any")."""
+    key = tuple(sorted(state))
+    if rules == "all":
+        return _solvable(key, target)
+    check_rules(rules, "rules")
+    return _solvable_any(key, target) is not None
 
 
 def solve(puzzle: Puzzle) -> list[Step] | None:
-    """One solution (steps in order), or None when the puzzle has none."""
-    return _search(tuple(sorted(puzzle.numbers)), puzzle.target, None)
+    """One solution (steps in order), or None when the puzzle has none. Under rules "any",
+    one that uses as few numbers as possible."""
+    state = tuple(sorted(puzzle.numbers))
+    if not puzzle.uses_all:
+        sub = _solvable_any(state, puzzle.target)
+        return None if sub is None else _search(sub, puzzle.target, None)
+    return _search(state, puzzle.target, None)
 
 
 def random_solution(puzzle: Puzzle, rng: random.Random) -> list[Step] | None:
-    """A solution drawn by a random walk over solvable states (varies solution and step order)."""
-    return _search(tuple(sorted(puzzle.numbers)), puzzle.target, rng)
+    """A solution drawn by a random walk over solvable states (varies solution and step order);
+    under rules "any", on a sub-multiset drawn at random among those that reach the target."""
+    state = tuple(sorted(puzzle.numbers))
+    if not puzzle.uses_all:
+        subs = list(_subsets(state))
+        rng.shuffle(subs)
+        sub = next((s for s in subs if _solvable(s, puzzle.target)), None)
+        return None if sub is None else _search(sub, puzzle.target, rng)
+    return _search(state, puzzle.target, rng)
 
 
 def _search(state: tuple[int, ...], target: int, rng: random.Random | None) -> list[Step] | None:
@@ -116,7 +160,14 @@ def _search(state: tuple[int, ...], target: int, rng: random.Random | None) -> l
 
 
 def iter_solutions(puzzle: Puzzle) -> Iterator[list[Step]]:
-    """Every distinct solution path (distinct sequences of steps, larger operand first)."""
+    """Every distinct solution path (distinct sequences of steps, larger operand first).
+    Under rules "any": the solutions (rules "all") of every sub-multiset of at least two
+    numbers, smallest first: every step of such a path is used by the last one (answers
+    with extra steps whose results stay unused are correct too, but not counted)."""
+    if not puzzle.uses_all:
+        for sub in _subsets(tuple(sorted(puzzle.numbers))):
+            yield from iter_solutions(Puzzle(sub, puzzle.target))
+        return
 
     def rec(state: tuple[int, ...], path: list[Step]) -> Iterator[list[Step]]:
         if len(state) == 1:
@@ -134,6 +185,10 @@ def iter_solutions(puzzle: Puzzle) -> Iterator[list[Step]]:
 
 
 def count_solutions(puzzle: Puzzle) -> int:
+    """How many paths ``iter_solutions`` gives, without listing them."""
+    if not puzzle.uses_all:
+        return sum(count_solutions(Puzzle(sub, puzzle.target)) for sub in _subsets(tuple(sorted(puzzle.numbers))))
+
     @lru_cache(maxsize=None)
     def count(state: tuple[int, ...]) -> int:
         if len(state) == 1:
@@ -146,6 +201,7 @@ def count_solutions(puzzle: Puzzle) -> int:
 
 
 def clear_cache() -> None:
+    _solvable_any.cache_clear()
     _solvable.cache_clear()
     _reach.cache_clear()
 
@@ -153,11 +209,16 @@ def clear_cache() -> None:
 def first_wrong_step(puzzle: Puzzle, steps: Iterable[Step | str | None]) -> int | None:
     """Index of the first step of an answer that is wrong: not a step, not allowed by the
     rules (unavailable number, illegal operation), wrong arithmetic (``countdown.replay``),
-    or a correct step into a state from which the target can no longer be reached. None
-    when no step is wrong (the answer verifies, or it stops early or claims the goal
+    or a correct step into a state from which the target can no longer be reached (under
+    rules "any": a step that makes the target is never wrong, the answer may stop there).
+    None when no step is wrong (the answer verifies, or it stops early or claims the goal
     without a wrong step)."""
     for i, move in enumerate(replay(puzzle, steps)):
-        if not move.ok or not is_solvable(move.state, puzzle.target):
+        if not move.ok:
+            return i
+        if not puzzle.uses_all and move.step.result == puzzle.target:
+            continue
+        if not is_solvable(move.state, puzzle.target, puzzle.rules):
             return i
     return None
 

@@ -7,6 +7,10 @@
     Goal Reached!         final line of a solution
     <backtrack>           final line after a wrong step (backtracking examples)
 
+Under rules "any" (any subset of the numbers, ``countdown`` module doc) the question line
+ends in `` (any)``: ``###Question: numbers [25, 50, 75, 100, 3, 6]->target 952 (any)``; the
+question of a puzzle under rules "all" is the paper's, byte for byte.
+
 Step lines end with a newline; the final marker line does not (the end-of-sequence
 token follows it). A response prefix (a search state) is therefore always a run of
 complete step lines.
@@ -17,16 +21,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .countdown import Puzzle, Step, parse_step
+from .countdown import DEFAULT_RULES, RULES, Puzzle, Step, parse_step
 
 GOAL = "Goal Reached!"
 BACKTRACK = "<backtrack>"
 PROMPT_HEAD = "###Question: numbers "
 RESPONSE_HEAD = "###Response:\n"
+# what the question line says after the target, per rule set ("all": nothing, the paper's prompt)
+RULES_MARK = {"all": "", "any": " (any)"}
 
 
 def prompt(puzzle: Puzzle) -> str:
-    return f"{PROMPT_HEAD}[{', '.join(map(str, puzzle.numbers))}]->target {puzzle.target}\n{RESPONSE_HEAD}"
+    return (f"{PROMPT_HEAD}[{', '.join(map(str, puzzle.numbers))}]->target {puzzle.target}"
+            f"{RULES_MARK[puzzle.rules]}\n{RESPONSE_HEAD}")
 
 
 def render_steps(steps: Sequence[Step | str]) -> str:
@@ -93,7 +100,9 @@ def parse_prompt(text: str) -> Puzzle | None:
     try:
         head, _, rest = text.partition(PROMPT_HEAD)
         nums, _, tail = rest.partition("]->target ")
-        target = tail.split("\n", 1)[0]
-        return Puzzle(tuple(int(x) for x in nums.lstrip("[").split(", ")), int(target))
+        line = tail.split("\n", 1)[0]
+        rules = next((r for r in RULES if RULES_MARK[r] and line.endswith(RULES_MARK[r])), DEFAULT_RULES)
+        target = line[: len(line) - len(RULES_MARK[rules])]
+        return Puzzle(tuple(int(x) for x in nums.lstrip("[").split(", ")), int(target), rules)
     except (ValueError, AttributeError, TypeError):
         return None

@@ -238,7 +238,7 @@ class SbtApp(App):
             if backend is None and needs_model(settings.method):
                 from .sources import open_backend
 
-                key = (settings.model, settings.backend, len(puzzle.numbers))
+                key = (settings.model, settings.backend, len(puzzle.numbers), puzzle.rules)
                 backend = self._backends.get(key)
                 if backend is None:
                     backend = self._backends[key] = open_backend(settings, puzzle)
@@ -395,7 +395,7 @@ class SbtApp(App):
     def action_run(self) -> None:
         text = self.query_one("#puzzle-input", Input).value
         try:
-            puzzle = parse_puzzle(text)
+            puzzle = parse_puzzle(text, self.settings.rules)
         except SbtError as exc:
             self._bad_text = text
             self._error(str(exc))

@@ -30,7 +30,7 @@ def _continue(puzzle: Puzzle, prefix: list[str], rng: random.Random, p_good: flo
     state = state_after(puzzle, prefix)
     if state is None:  # a prefix that breaks the rules: a model would give up
         return [], "backtrack"
-    sub = Puzzle(state, puzzle.target)
+    sub = Puzzle(state, puzzle.target, puzzle.rules)
     sol = random_solution(sub, rng) if len(state) > 1 else None
     roll = rng.random()
     if sol and roll < p_good:
@@ -40,7 +40,7 @@ def _continue(puzzle: Puzzle, prefix: list[str], rng: random.Random, p_good: flo
     keep = rng.randint(0, max(0, len(good) - 2)) if good else 0
     lines = good[:keep]
     st = state_after(puzzle, [*prefix, *lines])
-    bad = [s for s in legal_steps(st) if not is_solvable(apply_step(st, s), puzzle.target)]
+    bad = [s for s in legal_steps(st) if not is_solvable(apply_step(st, s), puzzle.target, puzzle.rules)]
     if not bad:
         return ([str(s) for s in sol], "goal") if sol else ([], "none")
     wrong = rng.choice(bad)

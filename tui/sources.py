@@ -40,6 +40,19 @@ class Settings:
     split: str = "test_new"
     extra: dict = field(default_factory=dict)
     options: object = None  # sbt_core.settings.BackendOptions from the command line (None: the environment)
+    rules: str = "all"  # the rules of a typed or drawn puzzle: "all" | "any" (sbt tui --rules)
+
+    def model_for(self, puzzle: Puzzle) -> str | None:
+        """The model that runs ``puzzle``: the one chosen, else the one trained for its size
+        and rules (``sbt_core.models.default_model``, as ``sbt solve``; ``SbtError``, one
+        line naming the models there, when there is none); None for a backend without models."""
+        from sbt_core.backends import BACKENDS
+        from sbt_core.models import default_model
+
+        spec = BACKENDS.get(self.backend)
+        if self.model is not None or (spec is not None and not spec.needs_model):
+            return self.model
+        return default_model(len(puzzle.numbers), puzzle.rules)
 
     def params_for(self, puzzle: Puzzle) -> dict:
         """The method parameters for this puzzle, layered as in ``sbt solve``
@@ -52,8 +65,9 @@ class Settings:
         method = self.method if self.method in METHODS else "self-backtrack"  # the demo runs Algorithm 1
         given = {"n": self.n, "b": self.b, "temperature": self.temperature, **self.extra}
         try:
-            return Engine(self.model, self.backend, len(puzzle.numbers), self.options, allow_hidden=True).params(method, given)
-        except SbtError:  # an unreadable search_defaults.json: opening the model reports what is wrong
+            model = self.model_for(puzzle) if METHODS[method].needs_model else self.model
+            return Engine(model, self.backend, len(puzzle.numbers), self.options, allow_hidden=True).params(method, given)
+        except SbtError:  # no model, or an unreadable search_defaults.json: opening the model says what is wrong
             return method_params(method, given)
 
 
@@ -79,7 +93,7 @@ def open_backend(settings: Settings, puzzle: Puzzle):
     except ImportError as exc:
         raise ModelUnavailable(f"model backends are not available in this build ({exc})") from None
     try:
-        return open_model(settings.model, settings.backend, len(puzzle.numbers), options=settings.options,
+        return open_model(settings.model_for(puzzle), settings.backend, len(puzzle.numbers), options=settings.options,
                           allow_hidden=True).backend  # the TUI offers the scripted demo model
     except SbtError as exc:
         raise ModelUnavailable(str(exc)) from None
@@ -135,7 +149,8 @@ def trace_from_json(obj, label: str = "") -> Trace:
     if done is not None:
         puzzle, method, params = done.result.puzzle, done.result.method, done.result.params
     elif "numbers" in obj:
-        puzzle, method, params = Puzzle(tuple(obj["numbers"]), obj["target"]), obj.get("method", ""), obj.get("params", {})
+        puzzle = Puzzle(tuple(obj["numbers"]), obj["target"], obj.get("rules") or "all")
+        method, params = obj.get("method", ""), obj.get("params", {})
     else:
         raise SbtError("the trace has no Done event, so its puzzle is unknown")
     return Trace(puzzle, method, dict(params or {}), events, label)
@@ -188,7 +203,7 @@ def stored_results(db: Path | None = None, failed_only: bool = False, limit: int
 
     for r in rows:
         try:
-            r["puzzle"] = Puzzle(tuple(json.loads(r["numbers"])), r["target"])
+            r["puzzle"] = Puzzle(tuple(json.loads(r["numbers"])), r["target"], r.get("run_rules") or "all")
         except (TypeError, ValueError):
             r["puzzle"] = None
         for k in DISPLAY_TEXT:

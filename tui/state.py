@@ -103,11 +103,22 @@ class Board:
     tiles: list[Tile]
     applied: list[tuple[str, bool]]  # step lines and whether each applied cleanly
     problem: str | None = None  # why the last step could not be applied
+    reached: bool = False  # the steps are a complete, correct answer under the puzzle's rules
+
+
+def reached(puzzle: Puzzle, lines: Iterable[str]) -> bool:
+    """Whether step ``lines`` are a complete, correct answer to ``puzzle`` (``countdown.verify``:
+    rules "all": one number left, the target; rules "any": the last step made the target,
+    other numbers may be left)."""
+    lines = list(lines)
+    return bool(lines) and verify(puzzle, lines).ok
 
 
 def board(puzzle: Puzzle, lines: Iterable[str], wrong: str | None = None, mode: str = "step") -> Board:
     """Apply steps to the puzzle's numbers, tile by tile (the result takes the first operand's
-    place); ``sbt_core.countdown.replay`` says which steps are allowed and why not."""
+    place); ``sbt_core.countdown.replay`` says which steps are allowed and why not, and
+    ``reached`` whether they answer the puzzle under its rules (with rules "any" numbers
+    may be left on the board)."""
     tiles = [Tile(x) for x in puzzle.numbers]
     seq = list(lines)
     applied: list[tuple[str, bool]] = [(line, False) for line in seq]
@@ -141,7 +152,8 @@ def board(puzzle: Puzzle, lines: Iterable[str], wrong: str | None = None, mode: 
         for t in tiles:
             if t.tag == "new":
                 t.tag = "wrong"
-    return Board(tiles, applied, problem)
+    done = problem is None and mode not in ("undo", "rollback", "backtrack") and reached(puzzle, seq)
+    return Board(tiles, applied, problem, done)
 
 
 @dataclass

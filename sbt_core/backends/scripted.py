@@ -53,10 +53,17 @@ def solver_continuation(puzzle: Puzzle, prefix: list[str]) -> str:
     from ..countdown import state_after
     from ..solver import is_solvable, solve
 
+    from ..countdown import parse_step
+
     state = state_after(puzzle, prefix)
-    if state is None or not is_solvable(state, puzzle.target):
+    if state is None:
         return BACKTRACK
-    rest = solve(Puzzle(state, puzzle.target)) or []
+    last = parse_step(prefix[-1]) if prefix else None
+    if not puzzle.uses_all and last is not None and last.result == puzzle.target:
+        return render_solution([])  # (rules "any": the target is made, the answer may stop here)
+    if not is_solvable(state, puzzle.target, puzzle.rules):
+        return BACKTRACK
+    rest = solve(Puzzle(state, puzzle.target, puzzle.rules)) or []
     return render_solution(rest)
 
 

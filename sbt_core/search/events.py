@@ -118,10 +118,12 @@ class SearchResult:
         from ..countdown import expression, parse_step
 
         steps = [parse_step(x) for x in self.lines]
+        rules = {} if self.puzzle.uses_all else {"rules": self.puzzle.rules}  # "all": the JSON as it always was
         return {
             "puzzle": str(self.puzzle),
             "numbers": list(self.puzzle.numbers),
             "target": self.puzzle.target,
+            **rules,
             "method": self.method,
             "params": self.params,
             "solved": self.solved,
@@ -156,8 +158,9 @@ def event_from_json(obj: dict) -> Event:
 def _result_from_json(obj: dict) -> SearchResult:
     from ..countdown import verify
 
-    puzzle = Puzzle(tuple(obj["numbers"]), obj["target"])
-    verdict = verify(puzzle, obj["steps"]) if obj["steps"] else Verdict(False, _failure(obj.get("failure")))
+    puzzle = Puzzle(tuple(obj["numbers"]), obj["target"], obj.get("rules") or "all")
+    verdict = verify(puzzle, obj["steps"]) if obj["steps"] else Verdict(False, _failure(obj.get("failure")),
+                                                                       rules=puzzle.rules)
     return SearchResult(puzzle, obj["method"], obj["steps"], verdict, Stats(**obj["stats"]), obj.get("params", {}), obj.get("score"))
 
 

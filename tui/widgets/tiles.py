@@ -133,7 +133,8 @@ class PuzzlePanel(Static):
         b: Board = board(self.puzzle, f.lines, f.wrong, f.mode)
         width = max(12, (self.content_size.width or 30))
         last = [t for t in b.tiles if t.tag != "wrong"]
-        reached = len(last) == 1 and last[0].value == self.puzzle.target and not b.problem
+        # (rules "any": the target made by the last step, other tiles may be left: b.reached)
+        reached = b.reached or (len(last) == 1 and last[0].value == self.puzzle.target and not b.problem)
         show_target = sum(len(str(t.value)) + 5 for t in b.tiles) + len(str(self.puzzle.target)) + 7 <= width
         rows = _tile_rows(b.tiles, self.puzzle.target if show_target else None, width, reached)
         parts: list = list(rows)
