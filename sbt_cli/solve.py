@@ -40,13 +40,15 @@ def solve(
     seed: int = typer.Option(0, "--seed", help="random seed (same seed, same output)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     trace: bool = typer.Option(False, "--trace", help="with --json: include the event stream"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="every sample, backtrack and candidate as it comes "
+                                 "(default: one line per expanded state)"),
 ) -> None:
     """Solve a Countdown puzzle and verify the answer with the strict verifier."""
     try:
         options = backend_options(backend, dtype=dtype, device=device, threads=threads, quant=quant)
         _solve(puzzle, method, model, backend, {"n": n, "b": b, "width": width, "nodes": nodes,
                                                  "temperature": temperature, "top_k": top_k},
-               seed, as_json, trace, options, rules)
+               seed, as_json, trace, options, rules, verbose)
     except SbtError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
@@ -61,7 +63,7 @@ def _backend_has_models(name: str) -> bool:
 
 
 def _solve(text: str, method: str, model: str | None, backend_name: str, given: dict, seed: int,
-           as_json: bool, trace: bool, options=None, rules: str = "all") -> None:
+           as_json: bool, trace: bool, options=None, rules: str = "all", verbose: bool = False) -> None:
     p = parse_puzzle(text, rules)
     if method not in METHODS:
         raise SbtError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -84,14 +86,14 @@ def _solve(text: str, method: str, model: str | None, backend_name: str, given: 
     console = Console(highlight=False)
     view = None
     if not as_json:
-        from .solve_view import SearchView
+        from .solve_view import CompactView, SearchView
 
         where = f"  {backend.model_name} ({backend.backend_name})" if backend else ""
         shown = " ".join(f"{'T' if k == 'temperature' else k}={v}" for k, v in params.items()
                          if k in ("n", "b", "width", "nodes", "temperature"))
         head = f"{p}" if p.uses_all else f"{p} (rules {p.rules})"
         console.print(f"[bold]{head}[/]  {' '.join(filter(None, (method, shown)))}{where}")
-        view = SearchView(console)
+        view = SearchView(console) if verbose else CompactView(console)
     result, events = core.solve(backend, method, p, params, seed, keep_events=trace, on_event=view)
     if as_json:
         out = result.to_json()

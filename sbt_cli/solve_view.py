@@ -1,4 +1,5 @@
-"""Live rich rendering of a search event stream for ``sbt solve`` (one line per event)."""
+"""Live rich rendering of a search event stream for ``sbt solve``: ``CompactView`` (the
+default: one line per expanded state) and ``SearchView`` (``--verbose``: one line per event)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,45 @@ class SearchView:
             c.print(f"[bold]select[/]: {escape(event.reason)}")
         elif isinstance(event, Done):
             show_result(c, event.result)
+
+
+class CompactView:
+    """One line per expanded state, printed when its round is in: the state, how its samples
+    ended (Goal Reached!, <backtrack>, unfinished) and its best candidate (else its most
+    likely sample); then the selection and the verified answer."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.nodes: dict[int, dict] = {}  # node -> {"expand": Expand, "samples": [Sample]}
+
+    def _flush(self) -> None:
+        for node in self.nodes.values():
+            e, samples = node["expand"], node["samples"]
+            if not samples:
+                continue
+            ends = [s.ending for s in samples]
+            counts = ", ".join(f"{ends.count(k)} {label}" for k, label in
+                               (("goal", "goal"), ("backtrack", "backtrack"), ("none", "unfinished")) if ends.count(k))
+            goals = [s for s in samples if s.ending == "goal"]
+            best = max(goals or samples, key=lambda s: s.logprob)  # a candidate if there is one
+            end = {"goal": "[yellow]Goal Reached![/]", "backtrack": "[red]<backtrack>[/]"}.get(best.ending, "[dim]…[/]")
+            self.console.print(f"[bold cyan]round {e.round}[/] {_path(e.prefix)} [dim]x{e.n}:[/] {counts}; "
+                               f"{'best candidate' if goals else 'likeliest'}: {_path(best.lines)} {end} "
+                               f"[dim]lp {best.logprob:.3f}[/]")
+        self.nodes.clear()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Expand):
+            if any(n["samples"] for n in self.nodes.values()):  # a new round: the last one is complete
+                self._flush()
+            self.nodes[event.node] = {"expand": event, "samples": []}
+        elif isinstance(event, Sample) and event.node in self.nodes:
+            self.nodes[event.node]["samples"].append(event)
+        elif isinstance(event, Select):
+            self._flush()
+            self.console.print(f"[bold]select[/]: {escape(event.reason)}")
+        elif isinstance(event, Done):
+            show_result(self.console, event.result)
 
 
 def show_result(c: Console, result: SearchResult) -> None:

@@ -82,7 +82,7 @@ def test_json_contract_with_a_tiny_model_and_same_seed_same_output(model_dir):
 def test_live_view_and_plain_failure_message(model_dir):
     result = runner.invoke(app, ["solve", "3 4 5 7 -> 41", "--model", str(model_dir), "--n", "2"])
     assert result.exit_code == 1
-    assert "expand" in result.stdout and "no verified answer" in result.stdout
+    assert "round 0 (start) x2: 2 unfinished" in result.stdout and "no verified answer" in result.stdout
     assert "why it fails" in result.stdout
 
 
@@ -97,9 +97,16 @@ def test_every_method_from_the_cli_with_a_scripted_model(method, monkeypatch):
 def test_backtracks_are_shown(monkeypatch):
     script = {"": ["7 + 5 = 12\n" + BACKTRACK, "7 * 3 = 21\n5 * 4 = 20\n21 + 20 = 41\nGoal Reached!"]}
     monkeypatch.setattr(backends, "load_backend", lambda *a, **k: ScriptedBackend(script, default=solver_continuation))
-    result = runner.invoke(app, ["solve", "3 4 5 7 -> 41", "--n", "2", "--b", "1"])
+    result = runner.invoke(app, ["solve", "3 4 5 7 -> 41", "--n", "2", "--b", "1", "--verbose"])
     assert result.exit_code == 0
     assert "backtrack: drop 7 + 5 = 12" in result.stdout and "candidate" in result.stdout
+    # by default one line per expanded state: how its samples ended and its best candidate
+    result = runner.invoke(app, ["solve", "3 4 5 7 -> 41", "--n", "2", "--b", "1"])
+    assert result.exit_code == 0 and "backtrack: drop" not in result.stdout
+    lines = [x for x in result.stdout.splitlines() if x.startswith("round ")]
+    assert lines[0].startswith("round 0 (start) x2: 1 goal, 1 backtrack; best candidate: 7 * 3 = 21 | 5 * 4 = 20")
+    assert lines[1].startswith("round 1 (start) x2:")  # the root again, rolled back to by "7 + 5 = 12 <backtrack>"
+    assert "answer (verified)" in result.stdout
 
 
 def test_bad_search_parameters_are_one_line_exit_2(monkeypatch):
