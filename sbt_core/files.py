@@ -36,6 +36,20 @@ def strict_json(obj: Any, **kwargs) -> str:
     return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
 
 
+def read_json_object(file: str | os.PathLike, where: str) -> dict:
+    """The JSON object in ``file``; ``SbtError`` (one line, ``where: NAME is ...``) when it is
+    unreadable, not JSON or not an object."""
+    file = Path(file)
+    try:
+        obj = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        text = str(exc)
+        raise SbtError(f"{where}: {file.name} is unreadable ({text if len(text) <= 120 else text[:117] + '...'})") from None
+    if not isinstance(obj, dict):
+        raise SbtError(f"{where}: {file.name} is not a JSON object")
+    return obj
+
+
 def write_atomic(path: str | os.PathLike, data: Data, what: str = "--out", fsync: bool = False) -> Path:
     """Write ``data`` (text, bytes, or ``data(tmp_path)`` that writes the file itself) to
     ``path`` atomically, creating its folder; an old file there stays until the new one is

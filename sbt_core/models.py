@@ -20,6 +20,7 @@ from typing import Iterable, Iterator
 from . import settings
 from .countdown import shorten
 from .errors import SbtError
+from .files import read_json_object
 from .limits import MAX_MODEL_DIM, MAX_MODEL_LAYERS
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"  # the shipped models (SBT_MODELS_DIR: another folder)
@@ -204,12 +205,7 @@ def read_adapter_config(path: Path, _depth: int = 0) -> dict:
     (a relative path is taken from the adapter directory). Never downloads anything."""
     path = Path(path)
     file = path / ADAPTER_CONFIG
-    try:
-        config = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        raise SbtError(f"adapter directory {path}: {ADAPTER_CONFIG} is unreadable ({shorten(str(exc), 120)})") from None
-    if not isinstance(config, dict):
-        raise SbtError(f"adapter directory {path}: {ADAPTER_CONFIG} is not a JSON object")
+    config = read_json_object(file, f"adapter directory {path}")
     if config.get("peft_type") != "LORA":
         raise SbtError(f"adapter directory {path}: only LoRA adapters are supported, got peft_type "
                        f"{shorten(repr(config.get('peft_type')), 24)}")
@@ -252,12 +248,7 @@ def read_config(path: Path) -> dict:
     file = Path(path) / "config.json"
     if not file.is_file():
         raise SbtError(f"model directory {path} has no config.json")
-    try:
-        config = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        raise SbtError(f"model directory {path}: config.json is unreadable ({shorten(str(exc), 120)})") from None
-    if not isinstance(config, dict):
-        raise SbtError(f"model directory {path}: config.json is not a JSON object")
+    config = read_json_object(file, f"model directory {path}")
     check_config(config, file)
     return config
 
