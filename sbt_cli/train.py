@@ -43,12 +43,20 @@ def train_cmd(
     precision: str = typer.Option("auto", "--precision", help="auto|fp32|bf16|bf16-master (auto: bf16-master on CPUs with bf16, bf16 autocast on CUDA)"),
     compile_: str = typer.Option("auto", "--compile", help="auto|on|off: torch.compile the training step (auto: CPU runs of 300+ steps)"),
     threads: int = typer.Option(0, "--threads", help="torch threads (0: default)"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto|cpu|cuda|cuda:N|mps (default: $SBT_DEVICE, else auto: cuda when there is one); under torchrun each process takes the GPU of its LOCAL_RANK"),
     ema: float = typer.Option(0.0, "--ema", help="evaluate and save an exponential moving average of the weights with this decay per step (e.g. 0.995; 0: off)"),
-    resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint, in OUT, with the checkpoint's settings (only --tokens, --eval-every, --ckpt-every, --threads may change)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint, in OUT, with the checkpoint's settings (only --tokens, --eval-every, --ckpt-every, --threads, --device and the number of torchrun processes may change)"),
     quiet: bool = typer.Option(False, "--quiet", help="log lines instead of a progress bar (the default when stderr is not a terminal, e.g. under nohup)"),
 ) -> None:
-    """Train a Countdown model (optimal paths, or optimal paths + backtracking examples)."""
+    """Train a Countdown model (optimal paths, or optimal paths + backtracking examples).
+
+    Under `torchrun --nproc_per_node K --no-python -- sbt train ...` it trains data-parallel:
+    --batch-size is the global batch, split among the K processes; rank 0 writes."""
+    from sbt_core.settings import train_device
     from training.config import RECIPES, TrainConfig
+    from training.distributed import check_world, is_writer
+
+    device = train_device(device)
 
     # every setting is checked here, before torch loads and before anything is written
     if recipe in RECIPES:  # the recipe's values, where the option was not given
@@ -76,6 +84,7 @@ def train_cmd(
                       **({"max_tokens": int(tokens)} if tokens is not None else {}))
     if resume:
         cfg = _resumed_config(ctx, cfg, out)
+    check_world(cfg.batch_size, device)  # (torchrun: the global batch must split among the processes)
     if not (Path(cfg.data_dir) / "train.jsonl").is_file():
         raise SbtError(f"no training data in {cfg.data_dir}; run: sbt data generate --numbers {numbers} --out {cfg.data_dir}")
     for name, what in (("paths_file", "paths file"), ("extra_puzzles", "extra puzzles file")):
@@ -102,13 +111,17 @@ def train_cmd(
 
     command = "sbt " + shlex.join(sys.argv[1:])
     console = Console(stderr=True)
+    if not is_writer():  # another rank of a torchrun job: rank 0 logs and reports
+        train(cfg, resume=resume, log=lambda m: None, command=command, device=device)
+        return
     if quiet or not console.is_interactive:  # a log file (nohup) gets lines; a bar only redraws on a terminal
         def log_step(info: dict) -> None:
             if info["step"] % 50 == 0 or info["step"] == info["total"]:
                 print(f"step {info['step']:,}/{info['total']:,} loss {info['loss']:.4f} "
                       f"{info['tokens_per_s']:,.0f} tok/s epoch {info['epoch']}", flush=True)
 
-        report = train(cfg, resume=resume, log=lambda m: print(m, flush=True), on_step=log_step, command=command)
+        report = train(cfg, resume=resume, log=lambda m: print(m, flush=True), on_step=log_step, command=command,
+                       device=device)
     else:
         with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                       TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
@@ -118,7 +131,8 @@ def train_cmd(
             def on_step(info: dict) -> None:
                 bar.update(task, completed=info["step"], total=info["total"], loss=info["loss"], tps=info["tokens_per_s"])
 
-            report = train(cfg, resume=resume, log=bar.console.print, on_step=on_step, command=command)
+            report = train(cfg, resume=resume, log=bar.console.print, on_step=on_step, command=command,
+                           device=device)
     final = report["final"] or {}
     typer.echo(f"saved {out}: {report['steps']:,} steps, {report['tokens']:,} tokens, {report['wall_s']:.0f} s, "
                f"val greedy {final.get('val_greedy', 0):.1%}")
@@ -171,7 +185,7 @@ def _resumed_config(ctx: typer.Context, given, out: Path):
         changed.append(f"--numbers (data {given.data_dir}; checkpoint: {saved.data_dir})")
     if changed:
         raise SbtError(f"--resume: {out} was trained with other settings: {'; '.join(changed)}. Settings that define "
-                       "the run cannot change on resume (only --tokens, --eval-every, --ckpt-every, --threads); "
+                       "the run cannot change on resume (only --tokens, --eval-every, --ckpt-every, --threads, --device); "
                        "start a new run with another --out")
     return TrainConfig(**{**saved.__dict__, **keep})
 

@@ -12,7 +12,8 @@ variable                  flag         meaning (default)
 ``SBT_DTYPE``             --dtype      torch weights and activations: float32 | bfloat16
                                        (float32)
 ``SBT_DEVICE``            --device     torch device: cpu | cuda | cuda:N | mps | auto
-                                       (cpu; auto: cuda when there is one)
+                                       (cpu; auto: cuda when there is one; ``sbt train``:
+                                       auto)
 ``SBT_TORCH_IMPL``        (none)       torch model code: auto | compact | transformers
                                        (auto: the compact Llama where it applies)
 ``SBT_NUM_THREADS``       --threads    inference threads of both backends (1 for models
@@ -37,7 +38,8 @@ variable                  flag         meaning (default)
 ``COLUMNS``               (none)       set: tables take the terminal's width from it
 ``RANK``, ``WORLD_SIZE``  (none)       set by torchrun (with ``LOCAL_RANK``): ``sbt
                                        bench`` and ``sbt harvest`` share their puzzles
-                                       among the ranks (unset: one process)
+                                       among the ranks, ``sbt train`` trains data-parallel
+                                       (unset: one process)
 ========================  ===========  ==================================================
 
 A run's identity in results.db includes ``BackendOptions.identity(backend)``: the options
@@ -144,6 +146,15 @@ def distributed() -> tuple[int, int, int] | None:
     if not 0 <= values[0] < values[1]:
         raise SbtError(f"RANK must be between 0 and WORLD_SIZE - 1 ({values[1] - 1}), got {values[0]}")
     return values[0], values[1], values[2]
+
+
+def train_device(flag: str | None = None) -> str:
+    """``sbt train --device``: the flag, else ``SBT_DEVICE``, else ``auto`` (cuda when there is
+    one: what ``sbt train`` always did); checked (one line for a bad value), not resolved."""
+    if flag is not None:
+        return _parse("device", flag, "--device")
+    value = env("SBT_DEVICE")
+    return _parse("device", value, "SBT_DEVICE") if value else "auto"
 
 
 def passive_openmp() -> None:

@@ -54,6 +54,18 @@ def epoch_order(n_examples: int, batch_size: int, seed: int, epoch: int, lengths
     return batches
 
 
+def trained_counts(data: EncodedDataset) -> torch.Tensor:
+    """Per example, the number of tokens its loss is taken on: the labels that are not -100,
+    but the first (a causal LM predicts token t + 1 from tokens up to t; the loss of a batch
+    is the mean over these tokens of all its examples)."""
+    mask = data.labels != -100
+    lengths = data.offsets[1:] - data.offsets[:-1]
+    mask[data.offsets[:-1][lengths > 0]] = False
+    cum = torch.zeros(len(mask) + 1, dtype=torch.long)
+    cum[1:] = torch.cumsum(mask, 0)
+    return cum[data.offsets[1:]] - cum[data.offsets[:-1]]
+
+
 def collate(data: EncodedDataset, batch: list[int], pad_id: int, multiple: int = 8) -> dict[str, torch.Tensor]:
     lens = [data.length(i) for i in batch]
     width = -(-max(lens) // multiple) * multiple

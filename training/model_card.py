@@ -116,7 +116,10 @@ def render(model_dir: Path, accuracy: list[dict] | None = None) -> str:
         f"{info['precision']}",
         f"- recipe `{cfg.get('preset', 'sbt')}` (`sbt train --recipe`)"
         + (f"; sbt {info['versions']['sbt']}" if info["versions"].get("sbt") else ""),
-        f"- hardware: {info['hardware']}; torch {info['versions']['torch']}, transformers {info['versions']['transformers']}"
+        f"- hardware: {info['hardware']}"
+        + (f" (data-parallel: {info['world_size']} processes, batch {cfg['batch_size']} split among them)"
+           if info.get("world_size", 1) > 1 else "")
+        + f"; torch {info['versions']['torch']}, transformers {info['versions']['transformers']}"
         + (f", peft {info['versions']['peft']}" if info["versions"].get("peft") else ""),
         "",
         "## Learning curve (greedy accuracy on val, strict verifier)",

@@ -6,6 +6,12 @@ loses at most one interval; ``resume=True`` continues from it. The run holds the
 ``out`` (``sbt_core.locks``) from start to end: a second writer is refused. The final
 output is a standard Hugging Face model directory plus ``training.json`` (with ``--lora``:
 an adapter directory, or the merged model with ``--merge``; ``training/base_model.py``).
+
+Under ``torchrun --nproc_per_node K`` the run is data-parallel (``training/distributed.py``):
+each rank trains on its slice of every global batch, DDP averages the gradients, and rank 0
+alone holds the lock, builds the data set cache, evaluates and writes; the result is the
+run one process would make at the same ``--batch-size`` (up to float rounding), and its
+checkpoint resumes with any number of processes.
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ from sbt_core.generate import read_puzzles
 from sbt_core.locks import output_lock
 
 from . import checkpoint as ckpt_io
-from .batches import EncodedDataset, collate, iterate
+from . import distributed
+from .base_model import save_trained
+from .batches import EncodedDataset, collate, iterate, trained_counts
 from .config import TrainConfig
 from .data import build_examples, encode, path_examples
 from .ema import WeightAverage
 from .evaluate import greedy_accuracy
-from .base_model import save_trained
 from .model import new_model
 from .stepper import Stepper, resolve_compile, resolve_precision
 
@@ -46,10 +53,6 @@ class TrainState:
     tokens: int = 0
     wall_s: float = 0.0
     curve: list = field(default_factory=list)  # [{step, tokens, loss, val_acc, ...}]
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _load_tokenizer_and_model(cfg: TrainConfig, device, log: Callable[[str], None] = print):
@@ -72,7 +75,7 @@ def _load_tokenizer_and_model(cfg: TrainConfig, device, log: Callable[[str], Non
     return tok, model.to(device), info
 
 
-def _dataset(cfg: TrainConfig, tok, log) -> EncodedDataset:
+def _dataset(cfg: TrainConfig, tok, log, save: bool = True) -> EncodedDataset:
     key = json.dumps([cfg.data_dir, cfg.train_puzzles, cfg.recipe().to_json(), cfg.seed, len(tok)], sort_keys=True)
     if cfg.base_model:  # another tokenizer: its own cache (sbt's own keys stay as they were)
         key += "tokenizer" + hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()
@@ -126,7 +129,8 @@ def _dataset(cfg: TrainConfig, tok, log) -> EncodedDataset:
         extra_info = {"file": cfg.extra_puzzles, "puzzles": len(extra), "examples": len(examples)}
     data = EncodedDataset(pairs)
     data.paths_info, data.extra_info = paths_info, extra_info
-    ckpt_io.save_dataset(cache, data.state(), {"paths_info": paths_info, "extra_info": extra_info})
+    if save:  # (data-parallel: rank 0 alone writes the cache; another rank that cannot read it builds its own)
+        ckpt_io.save_dataset(cache, data.state(), {"paths_info": paths_info, "extra_info": extra_info})
     return data
 
 
@@ -138,35 +142,77 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
 
 
 def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print,
-          on_step: Callable[[dict], None] | None = None, command: str = "") -> dict:
+          on_step: Callable[[dict], None] | None = None, command: str = "", device: str | None = None) -> dict:
     """Train; returns the final ``training.json`` dict (``command``: the command line it records).
 
     Holds the lock of ``cfg.out`` for the whole run (a second writer gets one line naming
     this process). With ``resume`` the model, optimizer, EMA and step come from
     ``cfg.out/checkpoint``; the settings are ``cfg``'s (``sbt train --resume`` makes them
-    from the checkpoint's and refuses a changed one)."""
+    from the checkpoint's and refuses a changed one). ``device``: ``--device`` (auto, cpu,
+    cuda, cuda:N, mps; None: auto, cuda when there is one).
+
+    Under torchrun (2 or more processes) every rank calls it: rank 0 logs, holds the lock
+    and writes (``log`` and ``on_step`` are not called on the other ranks, which return a
+    short dict of their own, without ``curve``)."""
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
-    if ckpt_io.exists(ckpt) and not resume:
-        raise SbtError(f"{out} already has a checkpoint; pass --resume to continue it or choose another --out")
-    if resume and not ckpt_io.exists(ckpt):
-        raise SbtError(f"--resume: no checkpoint in {ckpt}")
-    with output_lock(out, is_dir=True, what="--out"):
-        return _train(cfg, resume, log, on_step, command)
+    distributed.check_world(cfg.batch_size, device)
+    dev, group = distributed.start(device)  # (a device that is not here: one line, nothing written)
+    if group is not None and not group.writer:
+        log, on_step = _quiet, None
+
+    try:
+        with contextlib.ExitStack() as held:
+            def claim() -> None:
+                if ckpt_io.exists(ckpt) and not resume:
+                    raise SbtError(f"{out} already has a checkpoint; pass --resume to continue it or choose another --out")
+                if resume and not ckpt_io.exists(ckpt):
+                    raise SbtError(f"--resume: no checkpoint in {ckpt}")
+                held.enter_context(output_lock(out, is_dir=True, what="--out"))
+
+            if group is None:
+                claim()
+                return _train(cfg, resume, log, on_step, command, dev)
+            group.agree(claim)  # rank 0 alone holds the lock; its refusal is every rank's
+            # (a rank that stops, killed or interrupted: one line on the others, not a traceback)
+            with distributed.interrupts_as_keyboard(group), group.guard():
+                return _train(cfg, resume, log, on_step, command, dev, group)
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _quiet(message: str) -> None:
+    """The log of a rank that is not rank 0: nothing (rank 0 says it once)."""
 
 
 def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None],
-           on_step: Callable[[dict], None] | None, command: str) -> dict:
+           on_step: Callable[[dict], None] | None, command: str, device: torch.device,
+           group: distributed.Group | None = None) -> dict:
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
-    saved = ckpt_io.load(ckpt) if resume else None  # a damaged checkpoint: one line before any work
+    writer = group is None or group.writer
+    saved = None
+    if resume:  # a damaged checkpoint: one line before any work
+        saved = ckpt_io.load(ckpt) if group is None else group.each(lambda: ckpt_io.load(ckpt))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = _device()
-    tok, model, base_info = _load_tokenizer_and_model(cfg, device, log)
-    data = _dataset(cfg, tok, log)
-    val = read_puzzles(Path(cfg.data_dir) / "val.jsonl", cfg.eval_puzzles)
+    if group is None:
+        tok, model, base_info = _load_tokenizer_and_model(cfg, device, log)
+        data = _dataset(cfg, tok, log)
+        val = read_puzzles(Path(cfg.data_dir) / "val.jsonl", cfg.eval_puzzles)
+    else:
+        tok, model, base_info = group.each(lambda: _load_tokenizer_and_model(cfg, device, log))
+        # rank 0 builds the data set (and its cache) and reads val; then the others load the
+        # cache (or, where they cannot see it, build the same data themselves)
+        first = group.agree(lambda: (_dataset(cfg, tok, log),
+                                     read_puzzles(Path(cfg.data_dir) / "val.jsonl", cfg.eval_puzzles)))
+        data, val = group.each(lambda: first if writer else (_dataset(cfg, tok, log, save=False), []))
+        group.check_same(distributed.dataset_digest(data), "training data")
+        if len(data) < group.world:
+            raise SbtError(f"the training data has {len(data):,} examples, fewer than the {group.world} processes "
+                           "torchrun started (WORLD_SIZE); start fewer")
     trained = [p for p in model.parameters() if p.requires_grad]  # (--lora: the adapters and new token rows)
     decay = [p for p in trained if p.ndim >= 2]
     no_decay = [p for p in trained if p.ndim < 2]
@@ -201,8 +247,10 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None],
         compiled = resolve_compile(cfg.compile, device, total_steps - state.step)
     except ValueError as exc:
         raise SbtError(str(exc)) from None
-    stepper = Stepper(model, opt, precision, compiled, log=log)
-    log(f"precision {precision}, torch.compile {'on' if compiled else 'off'}, {torch.get_num_threads()} threads")
+    with group.guard() if group is not None else contextlib.nullcontext():  # (DDP: rank 0's weights to every rank)
+        stepper = Stepper(model, opt, precision, compiled, log=log, group=group)
+    log(f"precision {precision}, torch.compile {'on' if compiled else 'off'}, {torch.get_num_threads()} threads"
+        + (f"; data-parallel: {group.world} processes on {device.type} (rank 0 writes)" if group is not None else ""))
     model.train()
     t_start, tokens_window, t_window, loss_ema = time.time() - state.wall_s, 0, time.time(), None
 
@@ -226,16 +274,24 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None],
                 save_trained(model, tok, out / "best", cfg)
             write_json(best_file, point)
 
+    if group is not None:  # every rank knows the whole global batch: its token counts need no message
+        counts, lengths = trained_counts(data), data.offsets[1:] - data.offsets[:-1]
     for step, epoch, batch in iterate(data, cfg.batch_size, cfg.seed, state.step):
         if step >= total_steps:
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step, total_steps)
-        inputs = {k: v.to(device) for k, v in collate(data, batch, tok.pad_token_id, stepper.pad_multiple).items()}
-        loss = stepper.step(inputs)
+        if group is None:
+            inputs = {k: v.to(device) for k, v in collate(data, batch, tok.pad_token_id, stepper.pad_multiple).items()}
+            loss = stepper.step(inputs)
+            n_tok = int(inputs["attention_mask"].sum())
+        else:  # this rank's slice of the global batch (examples r, r + W, ...: alike in length)
+            part = batch[group.rank::group.world]
+            inputs = {k: v.to(device) for k, v in collate(data, part, tok.pad_token_id, stepper.pad_multiple).items()}
+            loss = stepper.step(inputs, int(counts[batch].sum()))
+            n_tok = int(lengths[batch].sum())
         if average:
             average.update()
-        n_tok = int(inputs["attention_mask"].sum())
         state.step, state.tokens = step + 1, state.tokens + n_tok
         tokens_window += n_tok
         loss_ema = loss if loss_ema is None else 0.98 * loss_ema + 0.02 * loss
@@ -245,38 +301,49 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None],
                      "tokens_per_s": tokens_window / max(now - t_window, 1e-6)})
             if now - t_window > 30:
                 tokens_window, t_window = 0, now
-        if state.step % cfg.eval_every == 0:
+        if writer and state.step % cfg.eval_every == 0:
             evaluate()
-        if state.step % cfg.ckpt_every == 0:
+        if writer and state.step % cfg.ckpt_every == 0:
             checkpoint()
-    if not state.curve or state.curve[-1]["step"] != state.step:
-        evaluate()
-    checkpoint()
-    with shipped():
-        save_trained(model, tok, out, cfg)
-    report = {
-        "command": command,
-        "config": asdict(cfg),
-        "data": {"train_file": cfg.paths_file or str(Path(cfg.data_dir) / "train.jsonl"), "examples": len(data),
-                 "example_tokens": data.n_tokens, "recipe": cfg.recipe().to_json(),
-                 "given_paths": data.paths_info, "extra_puzzles": data.extra_info},
-        "params": sum(p.numel() for p in model.parameters()),
-        "steps": state.step, "tokens": state.tokens, "wall_s": round(time.time() - t_start, 1),
-        "hardware": _hardware(device), "precision": {"bf16": "bf16-autocast"}.get(precision, precision),
-        "compiled": stepper.compiled,
-        "versions": {"sbt": __import__("sbt_core").__version__, "torch": torch.__version__,
-                     "transformers": __import__("transformers").__version__,
-                     **({"peft": __import__("peft").__version__} if cfg.lora else {})},
-        **({"base_model": base_info} if base_info else {}),
-        "curve": state.curve,
-        "final": state.curve[-1] if state.curve else None,
-    }
-    write_json(out / "training.json", report)
-    if base_info:  # a model card that names the base, the recipe and sbt's version (training/model_card.py)
-        from .model_card import render
 
-        (out / "README.md").write_text(render(out))
-    return report
+    def finish() -> dict:
+        """The end of the run (rank 0): the last evaluation and checkpoint, the model
+        directory, training.json (and a model card for a brought base)."""
+        if not state.curve or state.curve[-1]["step"] != state.step:
+            evaluate()
+        checkpoint()
+        with shipped():
+            save_trained(model, tok, out, cfg)
+        report = {
+            "command": command,
+            "config": asdict(cfg),
+            "data": {"train_file": cfg.paths_file or str(Path(cfg.data_dir) / "train.jsonl"), "examples": len(data),
+                     "example_tokens": data.n_tokens, "recipe": cfg.recipe().to_json(),
+                     "given_paths": data.paths_info, "extra_puzzles": data.extra_info},
+            "params": sum(p.numel() for p in model.parameters()),
+            "steps": state.step, "tokens": state.tokens, "wall_s": round(time.time() - t_start, 1),
+            "hardware": _hardware(device), "device": str(device), "world_size": group.world if group else 1,
+            "precision": {"bf16": "bf16-autocast"}.get(precision, precision),
+            "compiled": stepper.compiled,
+            "versions": {"sbt": __import__("sbt_core").__version__, "torch": torch.__version__,
+                         "transformers": __import__("transformers").__version__,
+                         **({"peft": __import__("peft").__version__} if cfg.lora else {})},
+            **({"base_model": base_info} if base_info else {}),
+            "curve": state.curve,
+            "final": state.curve[-1] if state.curve else None,
+        }
+        write_json(out / "training.json", report)
+        if base_info:  # a model card that names the base, the recipe and sbt's version (training/model_card.py)
+            from .model_card import render
+
+            (out / "README.md").write_text(render(out))
+        return report
+
+    if group is None:
+        return finish()
+    report = group.agree(finish)  # (rank 0 writes; its failure is every rank's one line)
+    return report if writer else {"rank": group.rank, "world_size": group.world, "steps": state.step,
+                                  "tokens": state.tokens, "final": None}
 
 
 def _best_so_far(best_file: Path) -> float:
@@ -298,5 +365,5 @@ def _cpu_has_bf16() -> bool:
 
 def _hardware(device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(0)
+        return torch.cuda.get_device_name(device)
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"

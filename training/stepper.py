@@ -19,6 +19,13 @@ compiling takes: README, "Speed on these 2 cores" (``benchmarks/bench_train_spee
 
 ``model`` (float32) stays the source of truth: checkpoints, evaluation and the saved
 model directory use it.
+
+Data-parallel (``group``: a ``training.distributed.Group``, under torchrun): the module that
+runs forward and backward (``model``, or its bfloat16 copy) is wrapped in
+``DistributedDataParallel``, and ``step`` takes the rank's slice of the global batch with
+the number of trained tokens of the whole batch: the loss it back-propagates is the slice's
+sum of token losses over that number (times the world size, which DDP's gradient average
+divides out), so the gradient is the one of the mean loss over the global batch.
 """
 
 from __future__ import annotations
@@ -55,13 +62,15 @@ class Stepper:
     """``step(inputs)``: forward, backward, clip, optimizer step; returns the loss."""
 
     def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer, precision: str,
-                 compile_model: bool = False, clip: float | None = 1.0, log=print) -> None:
+                 compile_model: bool = False, clip: float | None = 1.0, log=print, group=None) -> None:
         self.model, self.opt, self.precision, self.clip, self.log = model, opt, precision, clip, log
         self.work = model
         if precision == "bf16-master":
             self.work = copy.deepcopy(model).to(torch.bfloat16)
             self.work.train()
-        self.forward = torch.compile(self.work, dynamic=False) if compile_model else self.work
+        self.group = group
+        self.eager = group.wrap(self.work) if group is not None else self.work
+        self.forward = torch.compile(self.eager, dynamic=False) if compile_model else self.eager
         self.compiled = compile_model
         self.pad_multiple = 16 if compile_model else 8
         self._first = True
@@ -77,19 +86,37 @@ class Stepper:
         device_type = next(self.model.parameters()).device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
             if not self._first or not self.compiled:
-                return self.forward(**inputs).loss
+                return self._output(inputs)
             self._first = False
             try:
-                return self.forward(**inputs).loss
+                return self._output(inputs)
             except Exception as exc:  # no working compiler toolchain: train eagerly instead
                 self.log(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
                          "training without it")
-                self.forward, self.compiled, self.pad_multiple = self.work, False, 8
-                return self.forward(**inputs).loss
+                self.forward, self.compiled, self.pad_multiple = self.eager, False, 8
+                return self._output(inputs)
 
-    def step(self, inputs: dict) -> float:
+    def _output(self, inputs: dict) -> torch.Tensor:
+        """One process: the model's own loss (the mean over the batch's trained tokens).
+        Data-parallel: the sum of the slice's token losses (the same shift and mask)."""
+        if self.group is None:
+            return self.forward(**inputs).loss
+        logits = self.forward(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        targets = torch.nn.functional.pad(inputs["labels"], (0, 1), value=-100)[..., 1:]
+        return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                                 targets.reshape(-1).to(logits.device), ignore_index=-100,
+                                                 reduction="sum")
+
+    def step(self, inputs: dict, trained_tokens: int | None = None) -> float:
+        """One step; returns the loss (the mean over the batch's trained tokens). Data-parallel:
+        ``inputs`` is this rank's slice and ``trained_tokens`` the number of trained tokens of
+        the whole global batch; the returned loss is the global batch's."""
         loss = self._loss(inputs)
-        loss.backward()
+        if self.group is not None:
+            with self.group.guard():  # (DDP averages the gradients during the backward)
+                (loss * (self.group.world / trained_tokens)).backward()
+        else:
+            loss.backward()
         if self.work is not self.model:
             for master, p in zip(self.model.parameters(), self.work.parameters()):
                 master.grad = None if p.grad is None else p.grad.float()
@@ -99,4 +126,8 @@ class Stepper:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.sync()
+        if self.group is not None:
+            total = loss.detach().float().reshape(1)
+            self.group.sum(total)
+            return total.item() / trained_tokens
         return loss.item()
