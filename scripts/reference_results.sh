@@ -24,7 +24,7 @@ for n in 3 4; do
   # the authors' Algorithm 1 (sqrt(N) states a round, visited states skipped, summed duplicate scores) beside ours
   if python -c "import llama_cpp" 2>/dev/null; then
     sbt bench --split test_new --limit "$limit" --seed 0 --no-trace -q --temperature 0.7 --model "countdown$n-backtrack" \
-      --methods self-backtrack --n 8,32 --b 1,2 --param variant=all-states,authors --backend llama
+      --methods self-backtrack --n 8,32 --b 0,1,2 --param variant=all-states,authors --backend llama
   fi
 done
 # llama.cpp backend on the shipped GGUFs (parity of self-backtracking accuracy with torch)
