@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -192,6 +193,8 @@ def test_tiny_model_loss_falls_and_saves_hf_dir(tmp_path, tiny_data):
         assert (out / f).is_file(), f
     saved = json.loads((out / "training.json").read_text())
     assert saved["steps"] == report["steps"] and saved["config"]["seed"] == 0 and saved["curve"]
+    meta = json.loads((Path(tiny_data) / "meta.json").read_text())  # what sbt solve picks the model for
+    assert (saved["n_numbers"], saved["rules"]) == (meta["n_numbers"], "all")
     best = json.loads((out / "best" / "best.json").read_text())  # the best-on-val model is kept
     assert best["val_greedy"] == max(p["val_greedy"] for p in saved["curve"])
     assert (out / "best" / "model.safetensors").is_file()

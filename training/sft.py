@@ -329,6 +329,7 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None],
                          "transformers": __import__("transformers").__version__,
                          **({"peft": __import__("peft").__version__} if cfg.lora else {})},
             **({"base_model": base_info} if base_info else {}),
+            **_puzzle_kind(cfg.data_dir),  # what `sbt solve` picks this model for (models.trained_for)
             "curve": state.curve,
             "final": state.curve[-1] if state.curve else None,
         }
@@ -344,6 +345,18 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None],
     report = group.agree(finish)  # (rank 0 writes; its failure is every rank's one line)
     return report if writer else {"rank": group.rank, "world_size": group.world, "steps": state.step,
                                   "tokens": state.tokens, "final": None}
+
+
+def _puzzle_kind(data_dir: str) -> dict:
+    """The number count and rules of the data folder's puzzles (its meta.json, written by
+    ``sbt data generate``): ``{"n_numbers": N, "rules": R}``, or {} when it does not say."""
+    try:
+        meta = json.loads((Path(data_dir) / "meta.json").read_text())
+        n = meta["n_numbers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    rules = meta.get("rules", "all")
+    return {"n_numbers": n, "rules": rules} if isinstance(n, int) and rules in ("all", "any") else {}
 
 
 def _best_so_far(best_file: Path) -> float:
