@@ -14,7 +14,7 @@ import typer
 from sbt_cli import sigterm_as_interrupt
 
 from sbt_core.errors import SbtError
-from sbt_core.settings import FLAG_HELP
+from sbt_cli.options import Device, Dtype, Quant, Threads
 
 app = typer.Typer(help="Benchmark search methods into a SQLite results store; `sbt bench report` shows it.",
                   no_args_is_help=False)
@@ -58,10 +58,10 @@ def bench(
     b: str = typer.Option("0,1", "--b", help="comma list: backtracking budgets (self-backtracking only)"),
     model: Optional[str] = typer.Option(None, "--model", help="comma list of model names or directories (default: the shipped model)"),
     backend: str = typer.Option("torch", "--backend", help="torch | llama"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help=FLAG_HELP["dtype"]),
-    device: Optional[str] = typer.Option(None, "--device", help=FLAG_HELP["device"]),
-    threads: Optional[int] = typer.Option(None, "--threads", help=FLAG_HELP["threads"]),
-    quant: Optional[str] = typer.Option(None, "--quant", help=FLAG_HELP["quant"]),
+    dtype: Dtype = None,
+    device: Device = None,
+    threads: Threads = None,
+    quant: Quant = None,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="only the first LIMIT puzzles"),
     seed: int = typer.Option(0, "--seed", help="run seed (puzzle i is searched with a seed derived from it and i)"),
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),

@@ -12,7 +12,7 @@ import typer
 
 from sbt_cli import sigterm_as_interrupt
 from sbt_core.errors import SbtError
-from sbt_core.settings import FLAG_HELP
+from sbt_cli.options import Device, Dtype, Quant, Threads
 
 
 def harvest_cmd(
@@ -26,10 +26,10 @@ def harvest_cmd(
     seed: int = typer.Option(0, "--seed", help="seed of the slice and of the samples"),
     mistakes: int = typer.Option(0, "--mistakes", min=0, help="also keep up to this many of each puzzle's false 'Goal Reached!' samples, cut after the step where they went wrong (sbt train --paths makes backtracking examples of them)"),
     backend: str = typer.Option("torch", "--backend", help="torch | llama (a GGUF beside the model; several times faster)"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help=FLAG_HELP["dtype"]),
-    device: Optional[str] = typer.Option(None, "--device", help=FLAG_HELP["device"]),
-    threads: Optional[int] = typer.Option(None, "--threads", help=FLAG_HELP["threads"]),
-    quant: Optional[str] = typer.Option(None, "--quant", help=FLAG_HELP["quant"]),
+    dtype: Dtype = None,
+    device: Device = None,
+    threads: Threads = None,
+    quant: Quant = None,
     workers: int = typer.Option(1, "--workers", help="worker processes, each with its own copy of the model on one "
                                 "thread (1-64; default 1: this process). Same file as 1 worker"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, nor progress lines (those replace the bar when stderr is not a terminal)"),

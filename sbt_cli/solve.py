@@ -14,7 +14,8 @@ from sbt_core.errors import NoSolutionError, SbtError
 from sbt_core.models import default_model
 from sbt_core.search import METHODS
 from sbt_core.solver import is_solvable
-from sbt_core.settings import FLAG_HELP, backend_options
+from sbt_core.settings import backend_options
+from sbt_cli.options import Device, Dtype, Quant, Threads
 
 DEFAULT_METHOD = "self-backtrack"
 
@@ -27,10 +28,10 @@ def solve(
                                         "other sizes and --rules any: a model trained for them, if any)"),
     rules: str = typer.Option("all", "--rules", help=RULES_HELP),
     backend: str = typer.Option("torch", "--backend", help="torch|llama"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help=FLAG_HELP["dtype"]),
-    device: Optional[str] = typer.Option(None, "--device", help=FLAG_HELP["device"]),
-    threads: Optional[int] = typer.Option(None, "--threads", help=FLAG_HELP["threads"]),
-    quant: Optional[str] = typer.Option(None, "--quant", help=FLAG_HELP["quant"]),
+    dtype: Dtype = None,
+    device: Device = None,
+    threads: Threads = None,
+    quant: Quant = None,
     n: Optional[int] = typer.Option(None, "--n", help="samples per expansion (default 16; dfs: 4)"),
     b: Optional[int] = typer.Option(None, "--b", help="self-backtrack: rounds of re-expansion (default 1)"),
     width: Optional[int] = typer.Option(None, "--width", help="beam: beam width (default 4)"),

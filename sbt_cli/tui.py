@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from sbt_core.settings import FLAG_HELP
+from sbt_cli.options import Device, Dtype, Quant, Threads
 
 
 def tui(
@@ -17,10 +17,10 @@ def tui(
     rules: str = typer.Option("all", "--rules", help="all: every number used exactly once (the paper's rules); "
                               "any: any subset (TV Countdown)"),
     backend: str = typer.Option("torch", "--backend", help="torch|llama|scripted"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help=FLAG_HELP["dtype"]),
-    device: Optional[str] = typer.Option(None, "--device", help=FLAG_HELP["device"]),
-    threads: Optional[int] = typer.Option(None, "--threads", help=FLAG_HELP["threads"]),
-    quant: Optional[str] = typer.Option(None, "--quant", help=FLAG_HELP["quant"]),
+    dtype: Dtype = None,
+    device: Device = None,
+    threads: Threads = None,
+    quant: Quant = None,
     n: Optional[int] = typer.Option(None, "--n", help="samples per expansion (default: sbt solve's, 16)"),
     b: Optional[int] = typer.Option(None, "--b", help="backtracking budget, rounds of re-expansion (default: sbt solve's, 1)"),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="sampling temperature (default: what "
