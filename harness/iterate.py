@@ -34,10 +34,18 @@ run identity), training continues from its checkpoint (or is skipped when the ro
 model was already saved). Settings that change what an experiment means (model, data,
 search and training settings) must match the ones it was started with; a different
 setting needs another experiment name.
+
+``workers`` (``--workers K``, 1-64): the train-slice searches and the test_new evaluations
+run through ``Bench`` with ``workers=K``, as ``sbt bench --workers`` does: K spawned
+processes each open the model themselves (``_open_labelled``, torch, same options) and
+this process writes every row; the rows are those of ``workers=1``, and ``workers`` is
+part of neither the experiment's identity nor a run's. With 1 the model opened here
+(``backend_factory``) is used, as always. Fine-tuning is one process either way.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -92,6 +100,7 @@ class IterateConfig:
     val_puzzles: int = 100  # val greedy check at the end of each fine-tune
     threads: int = 0  # torch threads for fine-tuning (0: default)
     trace: bool = False  # store the event traces of the evaluation runs
+    workers: int = 1  # --workers: processes for the searches and evaluations (not part of the identity)
 
     def __post_init__(self) -> None:
         """Every setting inside its documented limit (``sbt_core.limits``), before anything runs."""
@@ -114,6 +123,9 @@ class IterateConfig:
         check_range(self.seed, "--seed", 0, MAX_SEED, integer=True)
         check_range(self.warmup_steps, "warmup_steps", 0, math.inf, integer=True)
         check_range(self.val_puzzles, "val_puzzles", 1, MAX_PUZZLES, integer=True)
+        from .workers import check_workers
+
+        self.workers = check_workers(self.workers)
 
     @property
     def search_params(self) -> dict:
@@ -135,6 +147,18 @@ def torch_backend_factory(path: Path, label: str, role: str, options=None):
 
 
 torch_backend_factory.same_for_all_roles = True  # one opened model serves search and evaluation
+
+
+def _open_labelled(paths: dict, model: str, backend: str, n_numbers: int, options=None):
+    """A ``harness.workers.WorkerPool`` loader (module-level: workers are spawned): open
+    ``paths[model]`` (``model`` is the run's label) with the torch backend and ``options``,
+    named ``model`` in the store, as ``torch_backend_factory`` does. ``backend`` and
+    ``n_numbers`` come with the pool's key; iterate always searches with torch."""
+    from sbt_core.backends.torch_backend import TorchBackend
+
+    opened = TorchBackend(Path(paths[model]), options)
+    opened.model_name = model
+    return opened
 
 
 class _Backends:
@@ -228,6 +252,7 @@ class Iteration:
     backend_factory: Callable[[Path, str, str], Any] | None = None  # (path, label, role); None: torch
     observer_factory: Callable[[str], Any] | None = None  # (title) -> context-managed bench observer
     on_train_step: Callable[[dict], None] | None = None
+    options: Any = None  # BackendOptions of the searches and evaluations (--dtype/--device; None: environment)
     _backends: _Backends = field(init=False)
 
     def __post_init__(self) -> None:
@@ -278,10 +303,18 @@ class Iteration:
 
     # -- steps
 
-    def _evaluate(self, method: str, backend, label: str, title: str, **kw) -> RunOutcome:
+    def _evaluate(self, method: str, path: Path, label: str, role: str, title: str, **kw) -> RunOutcome:
+        """One stored run of ``method`` with the model ``path`` (named ``label``): here with
+        the model opened once (``_backends``), or with ``cfg.workers`` > 1 in worker
+        processes that open it themselves (``_open_labelled``)."""
+        if self.cfg.workers > 1:
+            kw.update(workers=self.cfg.workers, options=self.options,
+                      load_backend=functools.partial(_open_labelled, {label: str(Path(path))}))
+        else:
+            kw["backend_obj"] = self._backends.get(path, label, role)
         obs = self.observer_factory(title) if self.observer_factory else nullcontext(NullObserver())
         with obs as observer:
-            out = evaluate(self.store, method, model=label, params=kw.pop("params", None), backend_obj=backend,
+            out = evaluate(self.store, method, model=label, params=kw.pop("params", None),
                            n_numbers=self.cfg.numbers, seed=self.cfg.seed, observer=observer, **kw)
         if out.status != "done":
             raise SbtError(f"run #{out.run_id} ({method}) is still being written by another process; "
@@ -291,10 +324,9 @@ class Iteration:
     def evaluate_model(self, round_: int, path: Path) -> tuple[RunOutcome, RunOutcome]:
         """Fast (greedy) and slow (self-backtracking) accuracy of a model on test_new."""
         label = self.label(round_, path)
-        backend = self._backends.get(path, label, "eval")
         common = dict(split=EVAL_SPLIT, data=self.data_dir, limit=self.cfg.eval_limit, trace=self.cfg.trace)
-        fast = self._evaluate(FAST_METHOD, backend, label, f"round {round_} fast", **common)
-        slow = self._evaluate(SEARCH_METHOD, backend, label, f"round {round_} slow",
+        fast = self._evaluate(FAST_METHOD, path, label, "eval", f"round {round_} fast", **common)
+        slow = self._evaluate(SEARCH_METHOD, path, label, "eval", f"round {round_} slow",
                               params=self.cfg.search_params, **common)
         return fast, slow
 
@@ -305,8 +337,7 @@ class Iteration:
         _write_if_changed(slice_file, _jsonl(rows))
         _SOURCE_CACHE.pop(slice_file.resolve(), None)  # re-read it if this process saw an older version
         label = self.label(model_round, model)
-        backend = self._backends.get(model, label, "search")
-        out = self._evaluate(SEARCH_METHOD, backend, label, f"round {round_} search (train)",
+        out = self._evaluate(SEARCH_METHOD, model, label, "search", f"round {round_} search (train)",
                              params=self.cfg.search_params, split=None, puzzles_file=slice_file, trace=False)
         run = self.store.run(out.run_id)
         assert run["split"] is None and Path(run["puzzles"]).resolve() == slice_file.resolve(), run

@@ -45,6 +45,9 @@ def iterate_cmd(
     experiment: Optional[str] = typer.Option(None, "--experiment", help="experiment name in the iterations table (default: <model>-iterate)"),
     trace: bool = typer.Option(False, "--trace/--no-trace", help="store the event traces of the test_new evaluations"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    workers: int = typer.Option(1, "--workers", help="worker processes for the searches and evaluations, each with its "
+                                "own copy of the model on one thread (1-64; the rows are those of --workers 1; "
+                                "fine-tuning stays one process)"),
 ) -> None:
     """Expert iteration: self-backtracking search on TRAIN puzzles, fine-tune on the verified answers, evaluate fast (greedy) and slow (search) on test_new; K rounds.
 
@@ -59,7 +62,9 @@ def iterate_cmd(
     from sbt_core.limits import MAX_TRAIN_TOKENS, check_range
     from sbt_core.models import default_model
     from sbt_core.settings import backend_options
+    from harness.workers import check_workers
 
+    check_workers(workers)
     check_range(tokens, "--tokens", 1, MAX_TRAIN_TOKENS)  # (before int(): nan, inf)
     if data is not None and data not in ("op", "op+back"):  # a data folder, as --data was before --data-dir
         if data_dir is not None:
@@ -78,7 +83,8 @@ def iterate_cmd(
     cfg = IterateConfig(model=model, experiment=experiment, out=out or Path("runs") / "iterate" / experiment,
                         numbers=n_numbers, data=data_dir, train_data=data or "op", rounds=rounds, train_puzzles=train_puzzles, n=n, b=b,
                         temperature=temperature, eval_limit=eval_limit, tokens=int(tokens), restart_from=restart_from,
-                        seed=seed, lr=lr, batch_size=batch_size, threads=threads, trace=trace)
+                        seed=seed, lr=lr, batch_size=batch_size, threads=threads, trace=trace,
+                        workers=workers)
     err = Console(stderr=True, highlight=False)
 
     def observer_factory(title: str):
@@ -97,7 +103,7 @@ def iterate_cmd(
 
     it = Iteration(cfg, None, log=lambda m: err.print(m, markup=False, soft_wrap=True),  # type: ignore[arg-type]
                    observer_factory=observer_factory, on_train_step=None if quiet else on_train_step,
-                   backend_factory=_with_options(options) if options else None)
+                   backend_factory=_with_options(options) if options else None, options=options)
     it.preflight()  # the model and the data resolve before the database is touched
     store = it.store = open_store(db)
     old = signal.signal(signal.SIGTERM, sigterm_as_interrupt)

@@ -335,3 +335,46 @@ def test_missing_model_or_data_is_one_line_before_the_db_is_made(tmp_path, start
     r = runner.invoke(app, cli_args(start_model, tmp_path, tmp_path, 1, "--restart-from", "nope"))
     assert r.exit_code == 2 and "--restart-from" in r.stderr
     assert not (tmp_path / "r.db").exists()
+
+
+# --------------------------------------------------------------------------- --workers
+
+
+def _iterate_rows(tmp_path) -> list:
+    """Every search and evaluation run of experiment ``t`` with its rows, timings left out
+    (the real untrained model: its round-1 search verifies nothing, the round fails)."""
+    with open_store(tmp_path / "r.db") as s:
+        out = []
+        for run in sorted(s.runs(), key=lambda r: r["id"]):
+            identity = {k: run[k] for k in ("method", "params", "seed", "split", "model", "model_sha256", "backend",
+                                            "backend_options", "puzzles_sha256", "n_puzzles", "status")}
+            rows = [{k: v for k, v in r.items() if k not in ("run_id", "wall_ms", "finished")}
+                    for r in s.results(run["id"])]
+            out.append((identity, rows))
+        iterations = [(r["round"], r["status"], r["fast_acc"], r["slow_acc"]) for r in s.iterations("t")]
+    return [out, iterations]
+
+
+SMALL = ("--eval-limit", "2", "--train-puzzles", "4")  # (the last of a repeated option counts)
+
+
+def test_workers_write_the_rows_and_paths_of_one(tmp_path, data_dir, start_model):
+    """``--workers 2`` (spawned processes open the real model themselves) writes the search
+    and evaluation rows and the paths file of ``--workers 1``; ``--workers 0`` is one line."""
+    got = {}
+    for k in (1, 2):
+        where = tmp_path / f"w{k}"
+        r = runner.invoke(app, cli_args(start_model, data_dir, where, 1, "--workers", str(k), *SMALL))
+        assert r.exit_code == 2 and "no verified search answer" in r.stderr, r.output
+        got[k] = (_iterate_rows(where), (where / "out" / "round1" / "paths.jsonl").read_text(),
+                  (where / "out" / "round1" / "search-train.jsonl").read_text())
+    runs, iterations = got[1][0]
+    assert [i[:2] for i in iterations] == [(0, "done"), (1, "failed")]
+    assert [(i["method"], i["split"]) for i, _ in runs] == [("greedy", "test_new"), ("self-backtrack", "test_new"),
+                                                            ("self-backtrack", None)]
+    assert [len(rows) for _, rows in runs] == [2, 2, 4] and all(r["tokens"] for _, rows in runs for r in rows)
+    assert got[2] == got[1]
+
+    r = runner.invoke(app, cli_args(start_model, data_dir, tmp_path, 1, "--workers", "0"))
+    assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1 and "--workers" in r.stderr, r.output
+    assert not (tmp_path / "r.db").exists()
