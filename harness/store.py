@@ -349,6 +349,11 @@ class Store:
                 row = rows[0]
                 update = {k: fields[k] for k in ("command", "host", "pid", "n_puzzles", "puzzles", "model", "rules")
                           if k in fields}
+                if (row.get("n_puzzles") or 0) > (update.get("n_puzzles") or 0):
+                    # a shorter --limit resumes into a run that asked for more: it keeps what it
+                    # asked for and the command that asked it (the command of its longest start)
+                    update.pop("n_puzzles", None)
+                    update.pop("command", None)
                 update.update(status="running", updated=now, finished=None, error=None)
                 db["runs"].update(row["id"], update)
                 return db["runs"].get(row["id"]), False

@@ -77,6 +77,11 @@ def test_run_identity():
     b, created = s.get_or_create_run({**RUN, "params": {"b": 1, "n": 8}, "n_puzzles": 5})  # same identity
     assert not created and b["id"] == a["id"] and b["status"] == "running" and b["n_puzzles"] == 5
     assert b["started"] == a["started"]
+    # a longer --limit extends the run; a shorter one resumes into it without shrinking what
+    # it asked for, and the row keeps the command of its longest start
+    c, _ = s.get_or_create_run({**RUN, "n_puzzles": 20, "command": "sbt bench --limit 20"})
+    d, _ = s.get_or_create_run({**RUN, "n_puzzles": 3, "command": "sbt bench --limit 3"})
+    assert c["id"] == d["id"] == a["id"] and (d["n_puzzles"], d["command"]) == (20, "sbt bench --limit 20")
     for change in ({"seed": 1}, {"params": {"n": 16, "b": 1}}, {"model_sha256": "def"}, {"backend": "llama"},
                    {"puzzles_sha256": "q" * 64}, {"method": "other"}):
         c, created = s.get_or_create_run({**RUN, **change})
