@@ -14,6 +14,27 @@ folder's eval puzzles) keeps it disjoint from that folder's val and test splits.
 draw when some of its numbers reach the target, and writes ``"rules": "any"`` in every row
 and in meta.json (rules "all" write neither: their files are what they always were). The TV
 game: ``sbt data generate --numbers 6 --rules any --min-target 100 --max-target 999``.
+
+How numbers are drawn (``NUMBER_DISTS``): ``uniform`` on min..max (the paper's, the default),
+or ``loguniform`` (P(k) proportional to 1/k: small numbers common, large ones still drawn);
+on top of either, a share ``small_share`` P of the puzzles draws ALL its numbers uniformly
+from min..``small_max`` (the small-number puzzles people type, e.g. the 24 game): exactly
+floor(k * P) of a split's first k rows, from a stream of their own, the others being the rows
+the split has without P, in their order. The share is one of whole puzzles, not of single
+numbers: what a user types is a puzzle of small numbers, and a per-number law makes that
+rarer with every extra number (log-uniform on 1..99 gives all four numbers <= 13 in 14% of
+draws, all six in 5%). The default draws exactly what it always drew (the same random
+stream) and writes the meta.json it always wrote. Both shape the train split only: val and
+test are the paper's, byte for byte (``iter_split``), so a mixed training folder is evaluated
+on the puzzles every other model is.
+
+The 24 game is held out of training: no ``train`` puzzle has target 24 with every number
+<= 13 (``hold_out_24``, on by default; those are the puzzles of ``game24_rows``, the
+``data/countdown4/game24.jsonl`` test set). With seed 0 target 24 is a held-out target
+anyway, so the shipped splits are unchanged by it.
+
+``testset_rows`` makes one extra test file: every solvable puzzle of small ranges (the 24
+game) or a seeded sample over all targets of a range (``data/countdown3/small12.jsonl``).
 """
 
 from __future__ import annotations
@@ -30,6 +51,7 @@ import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -46,6 +68,11 @@ EVAL_SPLITS = ("val", "test_seen", "test_new")
 CHUNK = 2000
 MAX_DRAWS = 2000  # number draws per target before giving it up (never reached with 1..99)
 STALL_CHUNKS = 50  # chunks in a row without a new puzzle: the range is used up
+PROGRESS_EVERY = 500  # rows between progress reports
+NUMBER_DISTS = ("uniform", "loguniform")
+DEFAULT_SMALL_MAX = 13
+GAME24_TARGET, GAME24_MAX = 24, 13  # the 24 game: four numbers from 1..13, target 24
+MAX_ENUMERATE = 2_000_000  # testset_rows(every=True): (number set, target) pairs checked at most
 
 
 def split_flag(split: str) -> str:
@@ -63,10 +90,20 @@ class GeneratorConfig:
     max_target: int = 100
     holdout_fraction: float = 0.10
     sizes: dict[str, int] = field(default_factory=lambda: {"train": 500_000, "val": 1_000, "test_seen": 5_000, "test_new": 5_000})
-    rules: str = DEFAULT_RULES  # "all" | "any" (last: meta.json of "all" data keeps its keys and order)
+    rules: str = DEFAULT_RULES  # "all" | "any" (meta.json of "all" data keeps its keys and order)
+    # how numbers are drawn (module doc); meta.json names them only when they are not the default
+    number_dist: str = "uniform"
+    small_share: float = 0.0
+    small_max: int = DEFAULT_SMALL_MAX
+    hold_out_24: bool = True  # no train puzzle is a 24-game puzzle (target 24, numbers <= 13)
 
     def __post_init__(self) -> None:
         check_rules(self.rules)
+        if self.number_dist not in NUMBER_DISTS:
+            raise SbtError(f"--number-dist must be one of {', '.join(NUMBER_DISTS)}, got {self.number_dist!r:.30}")
+        check_range(self.small_share, "--small-share", 0, 1)
+        if not isinstance(self.hold_out_24, bool):
+            raise SbtError(f"hold_out_24 must be true or false, got {self.hold_out_24!r:.30}")
         if not 3 <= self.n_numbers <= 6:
             raise SbtError(f"--numbers must be between 3 and 6, got {self.n_numbers}")
         if self.min_number < 1:
@@ -79,6 +116,11 @@ class GeneratorConfig:
             raise SbtError(f"--min-target must be at least 0, got {self.min_target}")
         if self.min_number > self.max_number or self.min_target > self.max_target:
             raise SbtError("empty number or target range")
+        if self.small_share > 0:
+            check_range(self.small_max, "--small-max", self.min_number, self.max_number, integer=True)
+        elif self.small_max != DEFAULT_SMALL_MAX:
+            raise SbtError("--small-max needs --small-share (the share of puzzles drawn from "
+                           f"{self.min_number}..--small-max)")
         if not 0 <= self.holdout_fraction < 1:
             raise SbtError(f"the held-out fraction must be in [0, 1), got {self.holdout_fraction}")
         for split, size in self.sizes.items():
@@ -94,17 +136,45 @@ class GeneratorConfig:
         seen = [t for t in all_targets if t not in set(held)]
         return seen, held
 
+    @property
+    def default_draws(self) -> bool:
+        """Numbers are drawn as they always were (uniform, no small share)."""
+        return self.number_dist == "uniform" and self.small_share == 0
+
+    def paper_draws(self) -> GeneratorConfig:
+        """This config with the default number draws (uniform on min..max, no small share)."""
+        if self.default_draws:
+            return self
+        return GeneratorConfig(**{**asdict(self), "number_dist": "uniform", "small_share": 0.0,
+                                  "small_max": DEFAULT_SMALL_MAX})
+
+    def held_out_of_train(self, numbers: Iterable[int], target: int) -> bool:
+        """A 24-game puzzle that ``hold_out_24`` keeps out of the train split."""
+        return self.hold_out_24 and target == GAME24_TARGET and max(numbers) <= GAME24_MAX
+
+
+def _number_drawer(cfg: GeneratorConfig, rng: random.Random) -> Callable[[], tuple[int, ...]]:
+    """One draw of ``cfg.n_numbers`` numbers from ``cfg.min_number..cfg.max_number`` by
+    ``cfg.number_dist`` (uniform: ``randint`` per number, the stream the generator always drew)."""
+    n, lo, hi = cfg.n_numbers, cfg.min_number, cfg.max_number
+    if cfg.number_dist == "uniform":
+        return lambda: tuple(rng.randint(lo, hi) for _ in range(n))
+    values = range(lo, hi + 1)
+    cum = list(itertools.accumulate(1 / k for k in values))  # P(k) ~ 1/k (IEEE sums: the same everywhere)
+    return lambda: tuple(rng.choices(values, cum_weights=cum, k=n))
+
 
 def _draw_chunk(args: tuple) -> list[tuple[tuple[int, ...], int]]:
     # chunk and max_draws travel with the task: spawned workers do not see a patched module
     cfg_dict, split, chunk_index, targets, chunk, max_draws = args
     cfg = GeneratorConfig(**cfg_dict)
     rng = random.Random(f"{cfg.seed}-{split}-{chunk_index}")
+    draw = _number_drawer(cfg, rng)
     out = []
     for _ in range(chunk):
         target = rng.choice(targets)
         for _ in range(max_draws):
-            numbers = tuple(rng.randint(cfg.min_number, cfg.max_number) for _ in range(cfg.n_numbers))
+            numbers = draw()
             if is_solvable(numbers, target, cfg.rules):
                 out.append((numbers, target))
                 break
@@ -164,36 +234,74 @@ def iter_split(cfg: GeneratorConfig, split: str, taken: set, workers: int = 1,
                progress: Callable[[int], None] | None = None) -> Iterator[dict]:
     """The puzzles of one split, one row at a time, skipping any (multiset, target) already in
     ``taken`` (updated). Raises ``SbtError`` when the number and target ranges hold fewer
-    distinct puzzles than asked for."""
+    distinct puzzles than asked for. The number distribution and the 24-game hold-out shape
+    the train split only: val and test are the paper's whatever they say."""
     seen, held = cfg.targets()
-    size = cfg.sizes.get(split, 0)
+    if split != "train":
+        cfg = cfg.paper_draws()
+    yield from _iter_rows(cfg, split, cfg.sizes.get(split, 0), held if split == "test_new" else seen,
+                          taken, workers, progress, hold_out=split == "train")
+
+
+def _iter_rows(cfg: GeneratorConfig, split: str, size: int, targets: list[int], taken: set, workers: int,
+               progress: Callable[[int], None] | None, hold_out: bool) -> Iterator[dict]:
+    """``size`` distinct rows drawn with ``targets`` from the stream named ``split`` (ids and
+    ``split`` field too); ``hold_out``: skip what ``cfg.held_out_of_train`` names.
+
+    With a ``small_share`` P, rows come from two streams: the first k rows hold exactly
+    floor(k * P) from a second one, named ``<split>-small``, whose numbers are all drawn from
+    min_number..small_max; the others are the rows the stream would give without P, in order."""
     if size <= 0:
         return
-    done = 0
-    stalled = 0
-    with contextlib.closing(_chunks(cfg, split, held if split == "test_new" else seen, workers)) as chunks:
-        for chunk in chunks:
-            before = done
-            for numbers, target in chunk:
-                key = (tuple(sorted(numbers)), target)
-                if key in taken:
-                    continue
-                taken.add(key)
-                row = {"id": f"{split}-{done:06d}", "split": split, "numbers": list(numbers), "target": target}
-                if cfg.rules != DEFAULT_RULES:
-                    row["rules"] = cfg.rules
-                yield row
-                done += 1
-                if done == size:
-                    break
-            if progress:
-                progress(done)
-            if done == size:
-                return
-            stalled = 0 if done > before else stalled + 1
-            if stalled >= STALL_CHUNKS:
+    share = Fraction(repr(cfg.small_share))  # 0.29 is 29/100: floor(k * share) has no rounding error
+    main = _distinct(cfg, split, targets, taken, workers, hold_out)
+    small = None
+    if share:
+        small_cfg = GeneratorConfig(**{**asdict(cfg), "max_number": cfg.small_max, "number_dist": "uniform",
+                                       "small_share": 0.0, "small_max": DEFAULT_SMALL_MAX, "sizes": {}})
+        small = _distinct(small_cfg, f"{split}-small", targets, taken, 1, hold_out)
+    with contextlib.ExitStack() as stack:  # closing a stream stops its workers
+        for stream in (main, small):
+            if stream is not None:
+                stack.enter_context(contextlib.closing(stream))
+        for done in range(size):
+            from_small = small is not None and math.floor((done + 1) * share) > math.floor(done * share)
+            numbers, target = next((small if from_small else main), (None, None))
+            if numbers is None:
+                if from_small:
+                    raise SbtError(f"{split}: only {math.floor(done * share):,} distinct solvable puzzles with "
+                                   f"numbers {cfg.min_number}..{cfg.small_max} for --small-share "
+                                   f"{cfg.small_share:g} (asked for {math.floor(size * share):,}); lower "
+                                   "--small-share or raise --small-max")
                 raise SbtError(f"{split}: only {done:,} distinct solvable puzzles with numbers "
                                f"{cfg.min_number}..{cfg.max_number} (asked for {size:,}); ask for fewer")
+            row = {"id": f"{split}-{done:06d}", "split": split, "numbers": list(numbers), "target": target}
+            if cfg.rules != DEFAULT_RULES:
+                row["rules"] = cfg.rules
+            yield row
+            if progress and ((done + 1) % PROGRESS_EVERY == 0 or done + 1 == size):
+                progress(done + 1)
+
+
+def _distinct(cfg: GeneratorConfig, label: str, targets: list[int], taken: set, workers: int,
+              hold_out: bool) -> Iterator[tuple[tuple[int, ...], int]]:
+    """The (numbers, target) draws of the stream ``label`` that are not in ``taken`` (each
+    added to it as it is handed out) nor held out of train; ends after STALL_CHUNKS chunks in
+    a row without one (the range is used up)."""
+    stalled = 0
+    with contextlib.closing(_chunks(cfg, label, targets, workers)) as chunks:
+        for chunk in chunks:
+            fresh = False
+            for numbers, target in chunk:
+                key = (tuple(sorted(numbers)), target)
+                if key in taken or (hold_out and cfg.held_out_of_train(numbers, target)):
+                    continue
+                taken.add(key)
+                fresh = True
+                yield numbers, target
+            stalled = 0 if fresh else stalled + 1
+            if stalled >= STALL_CHUNKS:
+                return
 
 
 def generate_split(cfg: GeneratorConfig, split: str, taken: set, workers: int = 1,
@@ -233,7 +341,8 @@ def _orderings(m: tuple[int, ...]) -> int:
     return out
 
 
-def check_feasible(cfg: GeneratorConfig, taken: set | frozenset = frozenset()) -> None:
+def check_feasible(cfg: GeneratorConfig, taken: set | frozenset = frozenset(),
+                   flags: dict[str, str] | None = None) -> None:
     """Refuse at once (``SbtError``) settings that cannot give the puzzles asked for
     (``taken``: puzzles that may not be drawn): the number and target ranges hold fewer
     distinct solvable puzzles, or random draws are so rarely solvable that drawing them would
@@ -242,7 +351,16 @@ def check_feasible(cfg: GeneratorConfig, taken: set | frozenset = frozenset()) -
     val, test_seen and train share the seen targets, test_new has the held-out ones. Where
     there are few number sets every one is counted; else a seeded sample of number sets gives
     upper bounds that hold with probability 1 - PROBE_DELTA (Chernoff and empirical Bernstein),
-    and settings under them pass: the generator's stall check is the last word on those."""
+    and settings under them pass: the generator's stall check is the last word on those.
+    The draw cost is that of uniform draws. With a ``small_share`` the small-number range
+    must hold that share of the train split too (else the share could not be kept: the
+    small draws would be repeats). ``flags``: the option that names a split in a refusal."""
+    if cfg.small_share > 0:
+        small = GeneratorConfig(**{**asdict(cfg), "max_number": cfg.small_max, "small_share": 0.0,
+                                   "small_max": DEFAULT_SMALL_MAX, "number_dist": "uniform",
+                                   "sizes": {"train": math.floor(cfg.sizes.get("train", 0)
+                                                                 * Fraction(repr(cfg.small_share)))}})
+        check_feasible(small, taken, {"train": f"--small-share {cfg.small_share:g} of --train"})
     seen, held = cfg.targets()
     n, lo, hi = cfg.n_numbers, cfg.min_number, cfg.max_number
     span = hi - lo + 1
@@ -254,7 +372,7 @@ def check_feasible(cfg: GeneratorConfig, taken: set | frozenset = frozenset()) -
             continue
         tset = frozenset(targets)
         avoided = [k for k in taken if len(k[0]) == n and k[1] in tset and lo <= min(k[0]) and max(k[0]) <= hi]
-        what = " + ".join(split_flag(s) for s in asked_splits)
+        what = " + ".join((flags or {}).get(s) or split_flag(s) for s in asked_splits)
         where = f"numbers {lo}..{hi} and the {len(targets)} {kind} targets"
         note = f" outside the {len(avoided):,} of --avoid" if avoided else ""
 
@@ -369,12 +487,20 @@ def _kl_upper(mean: float, k: int, delta: float) -> float:
 def avoided_puzzles(cfg: GeneratorConfig, data_dir: Path) -> set:
     """The (multiset, target) keys of another data folder's eval splits, for ``generate(avoid=)``.
     Its held-out targets must be ours (same seed and target range), so that no test_new
-    target can reach our train split."""
+    target can reach our train split. A puzzle FILE (``game24.jsonl``, ``small12.jsonl``: a
+    test set of its own, with no held-out targets to agree on) gives the keys of its lines."""
     data_dir = Path(data_dir)
+    if data_dir.is_file():
+        puzzles = read_puzzles(data_dir)
+        other = next((p.rules for p in puzzles if p.rules != cfg.rules), None)
+        if other is not None:
+            raise SbtError(f"--avoid {data_dir}: its puzzles are for rules {other!r}, these for {cfg.rules!r}")
+        return {p.key for p in puzzles}
     try:
         meta = json.loads((data_dir / "meta.json").read_text())
     except (OSError, ValueError):
-        raise SbtError(f"--avoid {data_dir}: no readable meta.json (not an `sbt data generate` folder)") from None
+        raise SbtError(f"--avoid {data_dir}: no readable meta.json (not an `sbt data generate` folder, "
+                       "nor a puzzle file)") from None
     if meta.get("rules", DEFAULT_RULES) != cfg.rules:
         raise SbtError(f"--avoid {data_dir}: its puzzles are for rules {meta.get('rules', DEFAULT_RULES)!r}, "
                        f"these for {cfg.rules!r}")
@@ -395,11 +521,27 @@ def eval_puzzle_keys(data_dir: Path | str) -> set:
     return keys
 
 
+def _avoid_sources(cfg: GeneratorConfig, avoid) -> tuple[set, list[dict]]:
+    """The keys to avoid and, per source, what meta.json says of it (``data_dir`` or ``file``
+    and its number of puzzles)."""
+    if avoid is None:
+        return set(), []
+    sources = [avoid] if isinstance(avoid, (str, os.PathLike)) else list(avoid)
+    taken: set = set()
+    record = []
+    for src in sources:
+        keys = avoided_puzzles(cfg, Path(src))
+        taken |= keys
+        record.append({"file" if Path(src).is_file() else "data_dir": str(src), "puzzles": len(keys)})
+    return taken, record
+
+
 def generate(cfg: GeneratorConfig, out_dir: Path, workers: int | None = None,
              progress: Callable[[str, int, int], None] | None = None,
-             avoid: Path | None = None, overwrite: bool = False) -> dict[str, int]:
+             avoid=None, overwrite: bool = False) -> dict[str, int]:
     """Write every split as ``<split>.jsonl`` plus ``meta.json``; returns split sizes.
-    With ``avoid`` (a data folder), none of that folder's eval puzzles is drawn.
+    With ``avoid`` (a data folder or puzzle file, or a list of them), none of their puzzles
+    (a folder's eval puzzles) is drawn.
 
     Nothing the user owns is lost without their say: a folder that already holds a split
     file or meta.json is refused unless ``overwrite``; a split of size 0 never replaces an
@@ -414,8 +556,7 @@ def generate(cfg: GeneratorConfig, out_dir: Path, workers: int | None = None,
         raise SbtError("nothing to generate: every split has size 0")
     workers = workers or min(os.cpu_count() or 1, 4)
     out_dir = Path(out_dir)
-    taken: set = avoided_puzzles(cfg, avoid) if avoid else set()
-    avoided = len(taken)
+    taken, avoided = _avoid_sources(cfg, avoid)
     check_feasible(cfg, taken)
     if out_dir.exists() and not out_dir.is_dir():
         raise SbtError(f"--out {out_dir} is a file, not a folder")
@@ -423,7 +564,7 @@ def generate(cfg: GeneratorConfig, out_dir: Path, workers: int | None = None,
     try:
         with output_lock(out_dir, is_dir=True, what="--out"):
             _check_out_dir(cfg, out_dir, overwrite)
-            return _write_splits(cfg, out_dir, workers, progress, taken, avoid, avoided)
+            return _write_splits(cfg, out_dir, workers, progress, taken, avoided)
     except BaseException:
         if not existed:  # a folder this run created and left empty goes again
             with contextlib.suppress(OSError):
@@ -456,8 +597,14 @@ def _count_lines(path: Path) -> int:
 
 
 def _write_splits(cfg: GeneratorConfig, out_dir: Path, workers: int, progress, taken: set,
-                  avoid: Path | None, avoided: int) -> dict[str, int]:
+                  avoided: list[dict]) -> dict[str, int]:
     written: dict[str, int] = {}
+    small = {"train": 0}  # train puzzles with every number <= small_max (eval splits: the paper's draws)
+
+    def counted(split: str, rows: Iterator[dict]) -> Iterator[str]:
+        for r in rows:
+            small[split] = small.get(split, 0) + (max(r["numbers"]) <= cfg.small_max)
+            yield _jsonl_line(r)
     temps: dict[Path, Path] = {}  # final path -> complete temporary file
     try:
         # eval splits first so that they never depend on the size of train
@@ -472,16 +619,23 @@ def _write_splits(cfg: GeneratorConfig, out_dir: Path, workers: int, progress, t
             cb = (lambda n, s=split, z=size: progress(s, n, z)) if progress else None
             rows = iter_split(cfg, split, taken, workers if size >= 4 * CHUNK else 1, cb)
             with contextlib.closing(rows):
-                temps[path] = _write_temp(path, (_jsonl_line(r) for r in rows))
+                temps[path] = _write_temp(path, counted(split, rows))
             written[split] = size
         seen, held = cfg.targets()
         config = asdict(cfg)
         if cfg.rules == DEFAULT_RULES:  # meta.json of "all" data: as it always was
             del config["rules"]
+        if cfg.default_draws:
+            for key in ("number_dist", "small_share", "small_max"):
+                del config[key]
+        if cfg.hold_out_24:
+            del config["hold_out_24"]
         meta = {"generator": "sbt stream-of-search v1", **config, "seen_targets": seen,
                 "held_out_targets": held, "written": written}
-        if avoid:
-            meta["avoided"] = {"data_dir": str(avoid), "puzzles": avoided}
+        if not cfg.default_draws:  # how many train puzzles came out small (every number <= small_max)
+            meta["small_written"] = {"train": small["train"]}
+        if avoided:  # one source: the dict it always was
+            meta["avoided"] = avoided[0] if len(avoided) == 1 else avoided
         meta_tmp = _write_temp(out_dir / "meta.json", [json.dumps(meta, indent=1) + "\n"])
         temps[out_dir / "meta.json"] = meta_tmp
         with _signals_deferred():  # Ctrl-C / SIGTERM: all renamed or none
@@ -563,6 +717,60 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# ---- one extra test file (the 24 game, small numbers): `sbt data testset` ----
+
+def testset_rows(cfg: GeneratorConfig, name: str, count: int | None = None, workers: int = 1) -> list[dict]:
+    """The rows of one test file named ``name`` (ids ``<name>-000000``, ``"split": name``), over
+    EVERY target of ``cfg.min_target..cfg.max_target`` (no held-out targets: a test set of
+    its own) and numbers in ``cfg.min_number..cfg.max_number``. ``count`` None: every
+    solvable (number multiset, target), numbers ascending, sorted by target then numbers.
+    Else ``count`` distinct solvable puzzles drawn as the generator draws them, from the
+    stream named ``name`` of ``cfg.seed`` (a smaller count is a prefix of a larger one)."""
+    cfg = GeneratorConfig(**{**asdict(cfg), "holdout_fraction": 0.0, "sizes": {}})
+    targets = list(range(cfg.min_target, cfg.max_target + 1))
+    if count is not None:
+        check_range(count, "--count", 1, MAX_SPLIT_PUZZLES, integer=True)
+        check_feasible(GeneratorConfig(**{**asdict(cfg), "sizes": {"val": count}}), flags={"val": "--count"})
+        return list(_iter_rows(cfg, name, count, targets, set(), workers, None, hold_out=False))
+    n, lo, hi = cfg.n_numbers, cfg.min_number, cfg.max_number
+    pairs = math.comb(hi - lo + n, n) * len(targets)
+    if pairs > MAX_ENUMERATE:
+        raise SbtError(f"--all: {pairs:,} (number set, target) pairs to check, more than the {MAX_ENUMERATE:,} "
+                       "this enumerates; narrow the number or target range, or sample with --count")
+    rows = []
+    for target in targets:
+        for numbers in itertools.combinations_with_replacement(range(lo, hi + 1), n):
+            if is_solvable(numbers, target, cfg.rules):
+                row = {"id": f"{name}-{len(rows):06d}", "split": name, "numbers": list(numbers), "target": target}
+                if cfg.rules != DEFAULT_RULES:
+                    row["rules"] = cfg.rules
+                rows.append(row)
+    if len(rows) > MAX_SPLIT_PUZZLES:
+        raise SbtError(f"--all: {len(rows):,} puzzles, more than {MAX_SPLIT_PUZZLES:,}; narrow the ranges")
+    return rows
+
+
+def game24_rows() -> list[dict]:
+    """Every solvable 24-game puzzle (4 numbers from 1..13, target 24, each number used once:
+    the rules "all"), as ``data/countdown4/game24.jsonl`` holds them."""
+    cfg = GeneratorConfig(n_numbers=4, min_number=1, max_number=GAME24_MAX,
+                          min_target=GAME24_TARGET, max_target=GAME24_TARGET, sizes={})
+    return testset_rows(cfg, "game24")
+
+
+def write_testset(path: Path | str, rows: list[dict], overwrite: bool = False) -> Path:
+    """``rows`` as the JSONL file ``path`` (atomically, under the file's lock); an existing
+    file is replaced only with ``overwrite``."""
+    path = Path(path)
+    if path.is_dir():
+        raise SbtError(f"--out {path} is a folder; name a .jsonl file")
+    with output_lock(path, is_dir=False, what="--out"):
+        if os.path.lexists(path) and not overwrite:
+            raise SbtError(f"--out {path} already exists; add --overwrite to replace it, or choose another file")
+        write_jsonl(path, rows)
+    return path
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
