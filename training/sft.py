@@ -156,6 +156,11 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     short dict of their own, without ``curve``)."""
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
+    if _puzzle_kind(cfg.data_dir).get("rules", "all") != "all":
+        # training/data.py builds its wrong steps and dead ends under the all-numbers rule;
+        # TV rules need them rebuilt (and a tokenizer piece for " (any)") before a model trains
+        raise SbtError(f"{cfg.data_dir}: training on rules 'any' puzzles is not supported yet (its backtracking "
+                       "examples would be built under the all-numbers rule); train on rules 'all' data")
     distributed.check_world(cfg.batch_size, device)
     dev, group = distributed.start(device)  # (a device that is not here: one line, nothing written)
     if group is not None and not group.writer:
