@@ -14,6 +14,7 @@ import sbt_core.backends as backends
 from sbt_cli.app import app
 from sbt_core.backends.scripted import ScriptedBackend, solver_continuation
 from sbt_core.trace import BACKTRACK
+from _cli import one_error_line
 
 runner = CliRunner()
 
@@ -31,13 +32,6 @@ def model_dir(tmp_path_factory):
 def no_models(tmp_path, monkeypatch):
     monkeypatch.setenv("SBT_MODELS_DIR", str(tmp_path))
     return tmp_path
-
-
-def one_error_line(result, code=2):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def test_missing_default_model_is_one_line_exit_2(no_models):

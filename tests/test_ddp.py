@@ -25,6 +25,7 @@ from _train_fixtures import quick_countdown3
 from typer.testing import CliRunner
 
 from sbt_cli.app import app
+from _cli import one_error_line
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -168,15 +169,6 @@ def test_trained_counts_are_the_tokens_the_models_own_loss_averages_over(data_di
 
 
 # --------------------------------------------------------------------------- bad input
-
-
-def one_error_line(result, *needles) -> str:
-    lines = [x for x in result.output.splitlines() if x.strip()]
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 @pytest.mark.parametrize("world,extra,needles", [

@@ -29,6 +29,7 @@ from sbt_core.models import default_model
 from sbt_core.search import METHODS, method_params, run_search
 from sbt_core.search.common import check_param, resolve_params
 from sbt_core.trace import BACKTRACK
+from _cli import one_error_line
 
 runner = CliRunner()
 MAX = limits.SEARCH_MAXIMUM
@@ -55,14 +56,6 @@ def no_model_loads(monkeypatch, tmp_path):
 def scripted(monkeypatch, tmp_path):
     monkeypatch.setattr(backends, "load_backend", lambda *a, **k: ScriptedBackend(default=solver_continuation))
     monkeypatch.setenv("SBT_MODELS_DIR", str(tmp_path / "no-models"))
-
-
-def one_error_line(result, code=2) -> str:
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "internal error" not in lines[0] and "Traceback" not in result.output
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- the one place

@@ -23,6 +23,7 @@ from sbt_cli.app import app
 from sbt_core.locks import output_lock
 
 from _train_fixtures import half_right, quick_countdown3
+from _cli import one_error_line
 
 runner = CliRunner()
 
@@ -36,16 +37,6 @@ def train_args(out, data_dir, *extra):
     return ["train", "--out", str(out), "--numbers", "3", "--data-dir", str(data_dir), "--size", "tiny",
             "--tokens", "1500", "--batch-size", "4", "--eval-every", "1000", "--eval-puzzles", "2",
             "--threads", "1", "--ckpt-every", "5", "--quiet", *extra]
-
-
-def one_error_line(result, *needles):
-    """Exit 2 and a single ``error: ...`` line holding every needle (no traceback, nothing else)."""
-    lines = [x for x in result.output.splitlines() if x.strip()]
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from sbt_core.settings import BackendOptions
 from sbt_core.trace import BACKTRACK, prompt, render_solution
 
 from _train_fixtures import quick_countdown3
+from _cli import one_error_line
 
 runner = CliRunner()
 TRAIN = ["--numbers", "3", "--tokens", "2500", "--batch-size", "8", "--eval-puzzles", "2", "--eval-every", "1000",
@@ -122,15 +123,6 @@ def trained(bases, data_dir, tmp_path_factory):
             "llama": train(bases["llama"], root / "llama-ft", data_dir),
             "gpt2-lora": train(bases["gpt2"], root / "gpt2-lora", data_dir, "--lora", "4"),
             "llama-merged": train(bases["llama"], root / "llama-merged", data_dir, "--lora", "4", "--merge")}
-
-
-def one_error_line(result, *words):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- masks

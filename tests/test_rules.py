@@ -19,7 +19,7 @@ import sbt_core.generate as gen
 from sbt_core import backends, solver
 from sbt_core.backends.scripted import ScriptedBackend, solver_continuation
 from sbt_core.countdown import OPS, Failure, Puzzle, apply_op, parse_puzzle, verify
-from sbt_core.errors import PuzzleError, SbtError
+from sbt_core.errors import PuzzleError
 from sbt_core.generate import GeneratorConfig, generate, read_puzzles
 from sbt_core.models import NoModelError, default_model, trained_for
 from sbt_core.search import run_search
@@ -27,18 +27,11 @@ from sbt_core.search.events import Done, event_from_json
 from sbt_core.trace import parse_prompt, prompt
 
 from sbt_cli.app import app
+from _cli import one_error_line
 
 runner = CliRunner()
 TV = "25 50 75 100 3 6 -> 952"
 ANY_ONLY = Puzzle((2, 3, 1000), 6, "any")  # 2 * 3 = 6; with 1000 too no expression makes 6
-
-
-def one_error_line(result, code=2) -> str:
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- parser, Puzzle

@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sbt_cli.app import app
+from _cli import one_error_line
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -90,15 +91,6 @@ def runs(db: Path) -> list[dict]:
         return [dict(r) for r in conn.execute("select * from runs order by id")]
     finally:
         conn.close()
-
-
-def one_error_line(result, *needles: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- same rows
