@@ -30,14 +30,13 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import signal
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from sbt_core import settings
-from sbt_core.children import die_with_parent
+from sbt_core.children import die_with_parent, signals_held
 from sbt_core.errors import SbtError
 from sbt_core.limits import MAX_WORKERS, check_range
 
@@ -176,13 +175,10 @@ class WorkerPool:
             # the worker starts with Ctrl-C and SIGTERM blocked (a signal mask survives exec),
             # so that a signal meant for the command never stops a worker half-way through
             # its start-up with a traceback; die_with_parent ignores SIGINT, then unblocks
-            masked = hasattr(signal, "pthread_sigmask")
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if masked else None
             try:
-                proc.start()
+                with signals_held():
+                    proc.start()
             finally:
-                if masked:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
                 theirs.close()
             self._workers.append(_Worker(proc, mine))
 

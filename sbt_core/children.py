@@ -46,3 +46,20 @@ def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(WATCH_PARENT_S)
     os._exit(1)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold Ctrl-C and SIGTERM for the block (they are delivered when it ends): around the
+    start of worker processes, so that a signal never interrupts the parent half-way through
+    handing a spawned worker its start-up data (the worker would die with an ``EOFError``
+    traceback on the terminal). A thread started inside the block (a pool's manager thread)
+    inherits the held mask, so the signals keep going to the main thread."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

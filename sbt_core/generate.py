@@ -55,7 +55,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .children import die_with_parent
+from .children import die_with_parent, signals_held
 from .countdown import DEFAULT_RULES, Puzzle, check_rules
 from .errors import SbtError
 from .files import write_atomic
@@ -218,7 +218,8 @@ def _chunks(cfg: GeneratorConfig, split: str, targets: list[int], workers: int) 
         while True:
             # submit, not map: an interrupted map cancels its futures, and a pool whose workers
             # are then terminated fails on the cancelled ones (a traceback from its thread)
-            futures = [pool.submit(_draw_chunk, (*args, i + k, *task)) for k in range(workers * 4)]
+            with signals_held():  # submit may start a worker: never interrupted half-way
+                futures = [pool.submit(_draw_chunk, (*args, i + k, *task)) for k in range(workers * 4)]
             batch = [f.result() for f in futures]
             try:
                 yield from batch
