@@ -38,6 +38,21 @@ if [ -f models/countdown4-backtrack/model-q8_0.gguf ] && python -c "import llama
   SBT_LLAMA_QUANT=q8_0 sbt bench "${t1[@]}" --methods self-backtrack --n 8,16,32 --b 1
   SBT_LLAMA_QUANT=q8_0 sbt bench "${t1[@]}" --methods pass@n --n 32
 fi
+# the paper's recipe alone (sbt train --recipe paper): every Table 1 row of the backtracking model
+if [ -d models/countdown4-paper-backtrack ] && python -c "import llama_cpp" 2>/dev/null; then
+  for split in test_new test_seen; do
+    sbt bench --split "$split" --limit "$limit" --seed 0 --no-trace -q --temperature 0.7 --backend llama --workers 2 \
+      --model countdown4-paper-backtrack --methods greedy,beam,self-backtrack --n 8,32 --b 0,1
+  done
+  # b x N on the shipped Countdown-4 model (docs/experiments.md section 5; 500 puzzles)
+  sbt bench --split test_new --limit 500 --seed 0 --no-trace -q --temperature 0.7 --backend llama --workers 2 \
+    --model countdown4-backtrack --methods self-backtrack --n 4,8,16,32,64,128 --b 0,1,2,3
+  # puzzles people type, with sbt solve's default search (docs/experiments.md)
+  sbt bench --puzzles data/countdown4/game24.jsonl --model countdown4-backtrack --methods self-backtrack --n 16 --b 1 \
+    --backend llama --no-trace --seed 0 -q --workers 2
+  sbt bench --puzzles data/countdown3/small12.jsonl --model countdown3-backtrack --methods self-backtrack --n 16 --b 1 \
+    --backend llama --no-trace --seed 0 -q --workers 2
+fi
 # expert iteration: 3 rounds from the shipped Countdown-3 backtracking model (one experiment
 # per weights: the results.db rows of "countdown3-backtrack-iterate" are from the stage-1 weights)
 sha=$(python -c "from sbt_core.models import model_sha256, resolve_model; print(model_sha256(resolve_model('countdown3-backtrack'))[:8])")
@@ -45,3 +60,5 @@ sbt iterate --model countdown3-backtrack --rounds 3 --eval-limit "$limit" --expe
 sbt bench report --all-weights --format markdown --out docs/leaderboard.md  # every checkpoint's curves
 # the README's plot: test_new only, the shipped weights (both splits make twice the curves)
 sbt bench report --split test_new --plot docs/scaling.png --plot docs/scaling.svg --format json --out /dev/null
+# equal compute (docs/experiments.md section 3)
+sbt bench report --split test_new --compute-plot docs/figures/compute.png --format json --out /dev/null
