@@ -72,6 +72,7 @@ class LeaderRow:
     started: str | None = None
     superseded: bool = False  # weights no longer shipped under this name (shown NAME@SHA8)
     puzzles: str | None = None  # the puzzle file (two splits of one name: data/countdown3 vs data/countdown4)
+    rules: str = "all"  # the Countdown rules of the run's puzzles (runs.rules; "any": TV rules)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,8 +125,9 @@ def leaderboard(store: Store, *, split: str | None = None, model: str | None = N
         ids = list(run_ids)
         where.append(f"r.id in ({', '.join('?' * len(ids))})" if ids else "0")
         args += ids
+    rules = "r.rules" if "rules" in store.db["runs"].columns_dict else "null"  # (a database before m004)
     sql = f"""
-        select r.id, r.method, r.params, r.model, r.model_sha256, r.backend, r.split, r.puzzles,
+        select r.id, r.method, r.params, r.model, r.model_sha256, r.backend, r.split, r.puzzles, {rules} as rules,
                r.seed, r.status, r.n_puzzles, r.git_sha, r.started, r.host, r.pid,
                count(x.puzzle_index) as n, coalesce(sum(x.solved), 0) as k,
                avg(x.tokens) as tokens, avg(x.wall_ms) as wall_ms,
@@ -145,8 +147,10 @@ def leaderboard(store: Store, *, split: str | None = None, model: str | None = N
         params = _params(r["params"])
         n, k = r["n"], r["k"]
         lo, hi = wilson(k, n) if n else (None, None)
+        run_rules = r["rules"] or "all"
         rows.append(LeaderRow(
-            run_id=r["id"], method=r["method"], params=params, label=format_label(r["method"], params),
+            run_id=r["id"], method=r["method"], params=params,
+            label=format_label(r["method"], params) + ("" if run_rules == "all" else f" rules={run_rules}"),
             model=r["model"], model_sha256=r["model_sha256"], backend=r["backend"],
             split=r["split"] or Path(r["puzzles"] or "?").name, seed=r["seed"], status=effective_status(r),
             oracle=_is_oracle(r["method"]), n=n, n_puzzles=r["n_puzzles"], solved=k,
@@ -154,6 +158,7 @@ def leaderboard(store: Store, *, split: str | None = None, model: str | None = N
             tokens_per_puzzle=r["tokens"], seconds_per_puzzle=r["wall_ms"] / 1000 if r["wall_ms"] is not None else None,
             backtracks_per_puzzle=r["backtracks"], model_calls_per_puzzle=r["model_calls"],
             failures=fails.get(r["id"], {}), git_sha=r["git_sha"], started=r["started"], puzzles=r["puzzles"],
+            rules=run_rules,
         ))
     _tell_weights_apart(rows)
     rows.sort(key=lambda x: (x.split, x.model or "", -(x.accuracy or 0), x.method, x.label, x.seed))
@@ -230,7 +235,7 @@ def scaling_curves(rows: Sequence[LeaderRow], min_points: int = 2) -> list[Curve
             if axis not in r.params or r.n == 0:
                 continue
             rest = {k: v for k, v in r.params.items() if k != axis}
-            key = (r.model, r.split, format_label(r.method, rest))
+            key = (r.model, r.split, format_label(r.method, rest) + ("" if r.rules == "all" else f" rules={r.rules}"))
             pts = series.setdefault(key, {})
             acc = pts.setdefault(r.params[axis], [0, 0])
             acc[0] += r.solved
@@ -260,7 +265,8 @@ def compute_series(rows: Sequence[LeaderRow]) -> dict[tuple, list[LeaderRow]]:
         if r.n == 0 or not r.tokens_per_puzzle:
             continue
         rest = {k: v for k, v in r.params.items() if k not in ("n", "b", "width")}
-        series.setdefault((r.puzzles or r.split, r.model or "-", format_label(r.method, rest)), []).append(r)
+        name = format_label(r.method, rest) + ("" if r.rules == "all" else f" rules={r.rules}")
+        series.setdefault((r.puzzles or r.split, r.model or "-", name), []).append(r)
     return {k: sorted(v, key=lambda r: r.tokens_per_puzzle) for k, v in sorted(series.items())}
 
 

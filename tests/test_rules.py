@@ -332,6 +332,12 @@ def test_bench_stores_the_rules_of_a_run(tmp_path):
     assert (all_run["rules"], all_run["solved"]) == ("all", 0) and any_run["key"] != all_run["key"]
     res = runner.invoke(app, [*args, "--rules", "any"])  # the same run again: found, nothing new
     assert res.exit_code == 0 and len(_runs(db)) == 2
+    # the report tells the two runs apart
+    from harness.report import leaderboard
+    from harness.store import read_only
+
+    labels = {r.run_id: (r.label, r.rules) for r in read_only(db, leaderboard)}
+    assert labels == {any_run["id"]: ("exact rules=any", "any"), all_run["id"]: ("exact", "all")}
     # lines that say "rules": "any" are any-rule puzzles without --rules; a conflicting --rules is refused
     tv = tmp_path / "tv.jsonl"
     tv.write_text('{"numbers": [2, 3, 1000], "target": 6, "rules": "any"}\n')
