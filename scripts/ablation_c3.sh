@@ -4,14 +4,16 @@
 # scratch with the same seed, data and token budget, otherwise the paper's data (no
 # goal-forcing, no honest-last, no weight average), then benched on 1,000 test_new puzzles
 # (greedy; self-backtracking N=16, b=0 and 1; T=0.7; torch).
-#   bash scripts/ablation_c3.sh [TOKENS]     (default 6e6 tokens per model; about 8 minutes
-#                                             each on one Xeon thread, 8 models)
+#   bash scripts/ablation_c3.sh [TOKENS]     (default 16e6 tokens per model, the Countdown-3
+#                                             small model's 16M-token schedule of docs/learning_curves.md:
+#                                             about 20-30 minutes each on one Xeon thread, 8 models;
+#                                             at 6e6 the models are still at 0% val greedy)
 # Resumable: a finished model is skipped, an unfinished one continues from its checkpoint,
 # and the benches resume in results.db. Table: docs/experiments.md, section "Ablations".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE
-tokens=${1:-6e6}
+tokens=${1:-16e6}
 [ -f data/countdown3/train.jsonl ] || sbt data generate --numbers 3 --train 200000 --seed 0 --out data/countdown3/ --overwrite  # (as shipped: val/test and meta.json come back byte for byte)
 
 run() {  # NAME, then the sbt train options that make this model different
