@@ -57,9 +57,9 @@ from typing import Any, Callable
 from sbt_core.countdown import Puzzle, verify
 from sbt_core.errors import SbtError
 from sbt_core.generate import EVAL_SPLITS, eval_puzzle_keys, read_puzzles
-from sbt_core.limits import (MAX_BATCH_SIZE, MAX_LR, MAX_PUZZLES, MAX_ROUNDS, MAX_SEED, MAX_THREADS,
-                             MAX_TRAIN_TOKENS, SEARCH_MAXIMUM, check_range, check_temperature)
+from sbt_core.limits import (MAX_PUZZLES, MAX_ROUNDS, SEARCH_MAXIMUM, check_range, check_temperature)
 from sbt_core.locks import output_lock
+from training.config import check_optimisation
 
 from .runner import _SOURCE_CACHE, BenchInterrupted, NullObserver, RunOutcome, evaluate, resolve_data_dir
 from .store import Store
@@ -116,11 +116,7 @@ class IterateConfig:
         self.temperature = check_temperature(self.temperature)
         if self.eval_limit is not None:
             check_range(self.eval_limit, "--eval-limit", 1, MAX_PUZZLES, integer=True)
-        check_range(self.tokens, "--tokens", 1, MAX_TRAIN_TOKENS, integer=True)
-        check_range(self.lr, "--lr", 0, MAX_LR, low_open=True)
-        check_range(self.batch_size, "--batch-size", 1, MAX_BATCH_SIZE, integer=True)
-        check_range(self.threads, "--threads", 0, MAX_THREADS, integer=True)
-        check_range(self.seed, "--seed", 0, MAX_SEED, integer=True)
+        check_optimisation(self.tokens, self.lr, self.batch_size, self.threads, self.seed)  # (as sbt train does)
         check_range(self.warmup_steps, "warmup_steps", 0, math.inf, integer=True)
         check_range(self.val_puzzles, "val_puzzles", 1, MAX_PUZZLES, integer=True)
         from .workers import check_workers

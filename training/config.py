@@ -47,6 +47,16 @@ RECIPES = {
 PAPER_EXCLUDES = ("paths_file", "extra_puzzles")  # not in the paper's data
 
 
+def check_optimisation(tokens, lr, batch_size, threads, seed) -> None:
+    """The options of a fine-tuning or training run that ``sbt train`` and ``sbt iterate``
+    share, each inside its documented limit (``sbt_core.limits``)."""
+    check_range(batch_size, "--batch-size", 1, MAX_BATCH_SIZE, integer=True)
+    check_range(tokens, "--tokens", 1, MAX_TRAIN_TOKENS, integer=True)
+    check_range(lr, "--lr", 0, MAX_LR, low_open=True)
+    check_range(seed, "--seed", 0, MAX_SEED, integer=True)
+    check_range(threads, "--threads", 0, MAX_THREADS, integer=True)
+
+
 @dataclass
 class TrainConfig:
     out: str
@@ -115,11 +125,7 @@ class TrainConfig:
             raise SbtError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.compile not in COMPILE:
             raise SbtError(f"--compile must be one of {', '.join(COMPILE)}, got {self.compile!r}")
-        check_range(self.batch_size, "--batch-size", 1, MAX_BATCH_SIZE, integer=True)
-        check_range(self.max_tokens, "--tokens", 1, MAX_TRAIN_TOKENS, integer=True)
-        check_range(self.lr, "--lr", 0, MAX_LR, low_open=True)
-        check_range(self.seed, "--seed", 0, MAX_SEED, integer=True)
-        check_range(self.threads, "--threads", 0, MAX_THREADS, integer=True)
+        check_optimisation(self.max_tokens, self.lr, self.batch_size, self.threads, self.seed)
         check_range(self.eval_puzzles, "--eval-puzzles", 1, MAX_PUZZLES, integer=True)
         if self.train_puzzles is not None:
             check_range(self.train_puzzles, "--train-puzzles", 1, MAX_PUZZLES, integer=True)
