@@ -652,7 +652,7 @@ def evaluate(store: Store, method: str, *, model: str | None = None, params: dic
     if method not in METHODS:
         raise SbtError(f"unknown method {method!r}; choose from: {', '.join(METHODS)}")
     spec_m = METHODS[method]
-    full = {**dict(getattr(spec_m, "defaults", None) or {}), **(params or {})}
+    full = method_params(method, params)  # what a bench of the same run records: the same identity
     spec = RunSpec(method, tuple(sorted(full.items())), model if spec_m.needs_model else None)
     if backend_obj is not None:
         kwargs["load_backend"] = lambda *_a, **_k: backend_obj
