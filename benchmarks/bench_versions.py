@@ -1,6 +1,6 @@
 """End-to-end speed of ``sbt solve`` in this tree against another revision, in one run.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_versions.py --rev 8b13fa9 [--runs 7] [--backend torch]
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_versions.py --rev 8b13fa9 [--runs 7] [--backend torch] [--method beam]
 
 The other revision's code (sbt_core, sbt_cli, training, harness, tui) is exported with
 ``git archive`` into a temporary folder; both trees use this tree's models (``SBT_MODELS_DIR``)
@@ -46,9 +46,10 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--puzzle", default="19 90 41 32 -> 80")
+    ap.add_argument("--method", help="sbt solve --method (default: the model's default search)")
     args = ap.parse_args()
     env = {**os.environ, "SBT_MODELS_DIR": str(ROOT / "models"), "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = ["solve", args.puzzle, "--backend", args.backend]
+    cmd = ["solve", args.puzzle, "--backend", args.backend] + (["--method", args.method] if args.method else [])
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         export(args.rev, base)

@@ -112,6 +112,54 @@ def test_beam_returns_width_beams_with_true_logprobs(backend):
         assert c.token_logprobs == pytest.approx(forward_logprobs(backend, PROMPTS[0], c.token_ids), abs=1e-4)
 
 
+class _ForwardRows:
+    """A reference ``decoding.Decoder`` for beam search: every step one plain forward pass of
+    each row's whole text (no cache, no padding)."""
+
+    draw_order = "row"
+
+    def __init__(self, backend):
+        self.b = backend
+
+    def _logits(self):
+        with torch.no_grad():
+            return torch.stack([self.b.model(input_ids=torch.tensor([r])).logits[0, -1].float() for r in self.rows])
+
+    def prefill(self, prompts):
+        self.rows = [list(p) for p in prompts]
+        return self._logits()
+
+    def step(self, parents, tokens):
+        self.rows = [self.rows[p] + [t] for p, t in zip(parents, tokens)]
+        return self._logits()
+
+    def logprobs(self, logits):
+        return torch.log_softmax(logits, -1).numpy()
+
+    def release(self):
+        self.rows = []
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_beam_is_the_decoding_core_beam_over_the_kv_cache(model_dir, width, monkeypatch):
+    """The torch beam is ``decoding.beam_search`` (the llama.cpp backend's beam), run over
+    the KV cache, not transformers' ``generate`` with its own scoring and a second copy of
+    the weights (issue 21): the same beams as the reference decoder, and no model loaded."""
+    from sbt_core.backends import torch_backend
+    from sbt_core.backends.decoding import beam_search
+
+    backend = TorchBackend(model_dir)  # (its own: nothing loaded for an earlier test's beam)
+    monkeypatch.setattr(torch_backend, "load_hf_model", lambda *a: pytest.fail("beam loaded a second model"))
+    for text in PROMPTS:
+        want = beam_search(_ForwardRows(backend), backend._prompt_ids(text), width, 14, backend._decode,
+                           backend.eos_id, backend.marker_ids)
+        got = backend.beam(text, width, 14)
+        assert [c.token_ids for c in got] == [c.token_ids for c in want]
+        assert [c.finish for c in got] == [c.finish for c in want]
+        for g, w in zip(got, want):
+            assert g.token_logprobs == pytest.approx(w.token_logprobs, abs=1e-4)
+
+
 @pytest.mark.parametrize("method", [m for m, spec in METHODS.items() if spec.needs_model])
 def test_strategies_run_on_a_real_model_and_are_reproducible(backend, method):
     params = {"n": 2, "b": 1, "width": 2, "nodes": 3, "max_new_tokens": 16}

@@ -12,10 +12,8 @@ The draw (the random numbers) stays each backend's own (``Decoder.draw``: a seed
 order in which samples draw (``Decoder.draw_order``): torch draws in sample order, llama.cpp
 row by row. That is what keeps every backend's seeded samples as they were.
 
-``beam_search`` is written over the same rows (it needs ``Decoder.logprobs`` too). The
-llama.cpp backend uses it; the torch backend still runs transformers' ``generate``, whose
-scoring and stopping differ (length penalty, its own early stopping): moving torch onto
-this beam changes its beam outputs, pinned by tests/test_fingerprint.py.
+``beam_search`` is written over the same rows (it needs ``Decoder.logprobs`` too); both
+backends use it (the torch backend ran transformers' ``generate`` until issue 21).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ without its 3 s import); anything else loads with transformers ``AutoModelForCau
 decoded as a sampling tree (``decoding.sample_tree`` over ``_CacheRows``: one cache row per
 distinct prefix, finished rows dropped once they are a quarter of the batch); the draws, in
 sample order from one seeded ``torch.Generator`` per call, equal one cache row per sample.
-Beam search uses transformers' ``generate``. All log-probs are of the untempered distribution.
+Beam search is ``decoding.beam_search`` over the same
+cache rows (the llama.cpp backend's beam). All log-probs are of the untempered distribution.
 
 Bring your own model: any causal LM directory that transformers' ``AutoModelForCausalLM``
 loads (GPT-2, Llama, Qwen2, Mistral, ... with their own tokenizers; safetensors only, never
@@ -34,14 +35,15 @@ from ..settings import BackendOptions, passive_openmp
 
 passive_openmp()  # OMP_WAIT_POLICY=PASSIVE unless set, before torch loads OpenMP: no spinning on busy CPUs
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..countdown import shorten  # noqa: E402
 from ..errors import SbtError  # noqa: E402
 from ..hf import HF_EXTRA, continuation_ids, special_prefix  # noqa: E402
 from ..trace import BACKTRACK, GOAL  # noqa: E402
-from .base import Completion, finish_reason, inference_threads  # noqa: E402
-from .decoding import sample_tree  # noqa: E402
+from .base import Completion, inference_threads  # noqa: E402
+from .decoding import beam_search, sample_tree  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # BackendOptions.dtype (aliases normalised there)
 
@@ -309,14 +311,6 @@ class TorchBackend:
         return DynamicCache(config=self.model.config)  # (the config: sliding-window layers, e.g. Mistral)
 
     @cached_property
-    def generator_model(self):
-        """A transformers model for ``generate`` (beam search): the loaded one, or the same
-        weights through transformers when the compact model is in use."""
-        if hasattr(self.model, "generate"):
-            return self.model
-        return load_hf_model(self.path, self._dtype).to(self.device).eval()
-
-    @cached_property
     def model_sha256(self) -> str:
         from ..models import model_sha256
 
@@ -368,25 +362,12 @@ class TorchBackend:
 
     @_model_call
     def beam(self, prompt: str, width: int, max_new_tokens: int) -> list[Completion]:
-        ids = torch.tensor([self._prompt_ids(prompt)], device=self.device)
-        out = self.generator_model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=width, num_return_sequences=width,
-            do_sample=False, max_new_tokens=max_new_tokens, early_stopping=True, pad_token_id=self.pad_id,
-            eos_token_id=[self.eos_id, *sorted(self.marker_ids)],
-        )
-        comps = []
-        for row in out[:, ids.shape[1]:].tolist():
-            toks, finish = [], "length"
-            for t in row:
-                if t == self.pad_id and t != self.eos_id:
-                    break
-                toks.append(t)
-                reason = finish_reason(t, self.eos_id, self.marker_ids)
-                if reason:
-                    finish = reason
-                    break
-            comps.append(Completion(self._decode(toks), toks, self._token_logprobs(prompt, toks), finish))
-        return comps
+        """``decoding.beam_search`` over the KV cache (a beam's children fork its row)."""
+        head = self._prompt_ids(prompt)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        max_new = max(0, min(max_new_tokens, limit - len(head))) if limit else max_new_tokens
+        return beam_search(_CacheRows(self, max_new, 0.0, None, 0), head, max(1, int(width)), max_new,
+                           self._decode, self.eos_id, self.marker_ids)
 
     def score(self, prompt: str, continuation: str) -> list[float]:
         return self._token_logprobs(prompt, continuation_ids(self.encode, prompt, continuation))
@@ -461,3 +442,7 @@ class _CacheRows:
 
     def release(self) -> None:
         self.cache = self.mask = self.next_pos = None
+
+    def logprobs(self, logits: torch.Tensor) -> np.ndarray:
+        """Log-softmax of every row (in row order), as float32 numpy (``beam_search``)."""
+        return torch.log_softmax(logits[torch.tensor(self._phys)].float(), -1).cpu().numpy()
