@@ -24,6 +24,7 @@ from sbt_core.search.events import (
     Sample,
     SearchResult,
     Select,
+    Stats,
     StepEvent,
 )
 
@@ -157,13 +158,10 @@ def board(puzzle: Puzzle, lines: Iterable[str], wrong: str | None = None, mode: 
 
 
 @dataclass
-class Counters:
-    model_calls: int = 0
-    tokens: int = 0
-    backtracks: int = 0
-    expansions: int = 0
+class Counters(Stats):
+    """A search's ``Stats`` as they grow, frame by frame, and the samples drawn so far."""
+
     samples: int = 0
-    candidates: int = 0
     wall_ms: float | None = None  # known once the search is done
 
 

@@ -83,20 +83,24 @@ class Backtrack(Event):
 
 
 @dataclass
-class Candidate(Event):
+class _Answer(Event):
+    lines: list[str]
+    score: float | None
+
+
+@dataclass
+class Candidate(_Answer):
     """A complete answer ending in Goal Reached!, with its score (mean token log-prob)."""
 
     kind: ClassVar[str] = "candidate"
-    lines: list[str]
-    score: float
     count: int = 1
 
 
 @dataclass
-class Select(Event):
+class Select(_Answer):
+    """The answer the search settles on (``score`` None: no candidate), and why."""
+
     kind: ClassVar[str] = "select"
-    lines: list[str]
-    score: float | None
     reason: str = ""
 
 
