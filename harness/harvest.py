@@ -12,6 +12,12 @@ after the step where it went wrong (``sbt_core.solver.false_claim_cut``: its fir
 arithmetic or broken rule, else its first step into a dead end), likeliest first and
 distinct; a puzzle with mistakes but no verified path gets a line with ``"steps": null``.
 ``sbt train --paths`` turns them into backtracking examples on the model's OWN errors.
+With ``labelled`` > 0 each line also carries ``"samples"``: up to that many of the puzzle's
+distinct verified samples and as many distinct failing ones (likeliest first), each
+``{"text", "verified", "finish", "mean_logprob"}`` with the strict verifier's label (a
+sample verifies when it ends in ``Goal Reached!`` and passes ``countdown.verify``): the
+preference data of ``sbt train --objective dpo|kto`` (``training/preference.py``); a
+puzzle with labelled samples but no verified path gets a line with ``"steps": null``.
 This is the verifier used as a *data filter on training puzzles* (rejection sampling /
 STaR, as in the paper's expert iteration), never on evaluation splits: the slice refuses
 puzzles that are also in val / test_seen / test_new.
@@ -59,16 +65,25 @@ class HarvestConfig:
     seed: int = 0
     backend: str = "torch"
     mistakes: int = 0  # per puzzle: false "Goal Reached!" samples kept, cut where they went wrong
+    labelled: int = 0  # per puzzle and label: distinct samples kept with the verifier's label (DPO/KTO data)
 
     def __post_init__(self) -> None:
         """Every budget inside its documented limit (``sbt_core.limits``), before any model loads."""
         check_range(self.puzzles, "--puzzles", 1, MAX_PUZZLES, integer=True)
         check_range(self.n, "--n", 1, SEARCH_MAXIMUM["n"], integer=True)
         check_range(self.mistakes, "--mistakes", 0, SEARCH_MAXIMUM["n"], integer=True)
+        check_range(self.labelled, "--labelled", 0, SEARCH_MAXIMUM["n"], integer=True)
         check_range(self.max_new_tokens, "--max-new-tokens", 1, SEARCH_MAXIMUM["max_new_tokens"], integer=True)
         check_range(self.seed, "--seed", 0, MAX_SEED, integer=True)
         # rejection sampling needs samples: a positive temperature
         self.temperature = check_temperature(self.temperature, allow_zero=False)
+
+
+def is_verified(puzzle, text: str) -> bool:
+    """A sampled answer the strict verifier accepts: it ends in ``Goal Reached!`` and its
+    steps solve the puzzle (never the model's claim alone)."""
+    resp = parse_response(text)
+    return resp.ending == "goal" and bool(resp.lines) and verify(puzzle, resp.lines).ok
 
 
 def best_verified(puzzle, completions) -> tuple[list[str] | None, int, float]:
@@ -76,7 +91,7 @@ def best_verified(puzzle, completions) -> tuple[list[str] | None, int, float]:
     best, best_lp, count = None, float("-inf"), 0
     for c in completions:
         resp = parse_response(c.text)
-        if resp.ending == "goal" and resp.lines and verify(puzzle, resp.lines).ok:
+        if is_verified(puzzle, c.text):
             count += 1
             if c.mean_logprob > best_lp:
                 best, best_lp = resp.lines, c.mean_logprob
@@ -104,8 +119,27 @@ def own_mistakes(puzzle, completions, limit: int) -> list[list[str]]:
     return [list(k) for k in ranked[:limit]]
 
 
+def labelled_samples(puzzle, completions, limit: int) -> list[dict]:
+    """Up to ``limit`` distinct verified samples and ``limit`` distinct failing ones (by
+    text), each label's likeliest (mean token log-prob) first, verified ones first:
+    ``{"text", "verified", "finish", "mean_logprob"}``."""
+    if limit <= 0:
+        return []
+    found: dict[str, tuple[float, str]] = {}  # text -> (best mean log-prob, finish)
+    for c in completions:
+        if c.text not in found or c.mean_logprob > found[c.text][0]:
+            found[c.text] = (c.mean_logprob, c.finish)
+    kept = []
+    for label in (True, False):
+        same = [t for t in found if is_verified(puzzle, t) == label]
+        for text in sorted(same, key=lambda t: (-found[t][0], t))[:limit]:
+            kept.append({"text": text, "verified": label, "finish": found[text][1],
+                         "mean_logprob": round(found[text][0], 6)})
+    return kept
+
+
 # settings added after the first harvests: a record without them was made with these values
-_LATER_SETTINGS = {"mistakes": 0, "backend_options": {}}
+_LATER_SETTINGS = {"mistakes": 0, "labelled": 0, "backend_options": {}}
 
 
 def _meta_path(out: Path) -> Path:
@@ -179,12 +213,15 @@ def batch_rows(backend, cfg: HarvestConfig, start: int, batch: list[dict]) -> li
     for r, puzzle, comps in zip(batch, chosen, samples):
         steps, count, lp = best_verified(puzzle, comps)
         wrong = own_mistakes(puzzle, comps, cfg.mistakes)
-        if steps or wrong:
+        labelled = labelled_samples(puzzle, comps, cfg.labelled)
+        if steps or wrong or labelled:
             row = {"numbers": list(puzzle.numbers), "target": puzzle.target, "steps": steps,
                    "train_index": r["train_index"], "verified": count,
                    "mean_logprob": round(lp, 6) if steps else None}
             if cfg.mistakes:
                 row["mistakes"] = wrong
+            if cfg.labelled:
+                row["samples"] = labelled
             lines.append(row)
     return lines
 

@@ -25,6 +25,7 @@ def harvest_cmd(
     temperature: float = typer.Option(0.7, "--temperature", help="sampling temperature"),
     seed: int = typer.Option(0, "--seed", help="seed of the slice and of the samples"),
     mistakes: int = typer.Option(0, "--mistakes", min=0, help="also keep up to this many of each puzzle's false 'Goal Reached!' samples, cut after the step where they went wrong (sbt train --paths makes backtracking examples of them)"),
+    labelled: int = typer.Option(0, "--labelled", min=0, help="also keep up to this many of each puzzle's distinct verified samples and as many failing ones, with the verifier's label: the preference data of `sbt train --objective dpo|kto --prefs OUT`"),
     backend: str = typer.Option("torch", "--backend", help="torch | llama (a GGUF beside the model; several times faster)"),
     dtype: Dtype = None,
     device: Device = None,
@@ -53,7 +54,8 @@ def harvest_cmd(
     model = model or default_model(n_numbers)
     data_dir = resolve_data_dir(data, n_numbers)
     cfg = HarvestConfig(model=str(model), numbers=n_numbers, data=str(data_dir), puzzles=puzzles, n=n,
-                        temperature=temperature, seed=seed, backend=backend, mistakes=mistakes)
+                        temperature=temperature, seed=seed, backend=backend, mistakes=mistakes,
+                        labelled=labelled)
     if not (data_dir / "train.jsonl").is_file():
         raise SbtError(f"no train split: {data_dir / 'train.jsonl'} not found (generate it with "
                        f"`sbt data generate --numbers {n_numbers} --out {data_dir}`)")
@@ -82,8 +84,20 @@ def harvest_cmd(
     if summary is None:  # a torchrun rank other than 0: its batches went to rank 0
         return
     own = f", {summary['mistakes']:,} own mistakes" if "mistakes" in summary else ""
+    then = (f"`sbt train --objective dpo --prefs {out} --base-model {_model_dir(model)}` (or kto)" if labelled
+            else f"`sbt train --paths {out}`")
     typer.echo(f"{out}: {summary['kept']:,} verified paths{own} from {summary['done']:,} train puzzles "
-               f"({summary['kept_share']:.1%}); train on them with `sbt train --paths {out}`")
+               f"({summary['kept_share']:.1%}); train on them with {then}")
+
+
+def _model_dir(model: str) -> str:
+    """The directory of a model name (what --base-model takes), else the name as given."""
+    from sbt_core.models import resolve_model
+
+    try:
+        return str(resolve_model(model))
+    except SbtError:
+        return model
 
 
 def _run(cfg, out: Path, be, quiet: bool, puzzles: int, **shared) -> dict | None:

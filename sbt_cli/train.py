@@ -45,6 +45,13 @@ def train_cmd(
     threads: int = typer.Option(0, "--threads", help="torch threads (0: default)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto|cpu|cuda|cuda:N|mps (default: $SBT_DEVICE, else auto: cuda when there is one); under torchrun each process takes the GPU of its LOCAL_RANK"),
     ema: float = typer.Option(0.0, "--ema", help="evaluate and save an exponential moving average of the weights with this decay per step (e.g. 0.995; 0: off)"),
+    objective: str = typer.Option("sft", "--objective", help="sft: the masked-loss SFT on D_op / D_back | dpo | kto: preference optimisation of --base-model on the verifier-labelled samples of --prefs (its defaults: --lr 1e-5, --batch-size 64, --eval-every 50)"),
+    prefs: Optional[Path] = typer.Option(None, "--prefs", help="with --objective dpo|kto: a file of `sbt harvest --labelled K` (train puzzles only)"),
+    beta: float = typer.Option(0.1, "--beta", help="dpo|kto: the strength of the pull to the reference model"),
+    pairs: int = typer.Option(1, "--pairs", help="dpo: (verified, failing) pairs per puzzle at most"),
+    desirable_weight: float = typer.Option(1.0, "--desirable-weight", help="kto: weight of the verified samples' loss"),
+    undesirable_weight: float = typer.Option(1.0, "--undesirable-weight", help="kto: weight of the failing samples' loss"),
+    epochs: float = typer.Option(1.0, "--epochs", help="dpo|kto: passes over the preference examples"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint, in OUT, with the checkpoint's settings (only --tokens, --eval-every, --ckpt-every, --threads, --device and the number of torchrun processes may change)"),
     quiet: bool = typer.Option(False, "--quiet", help="log lines instead of a progress bar (the default when stderr is not a terminal, e.g. under nohup)"),
 ) -> None:
@@ -72,6 +79,18 @@ def train_cmd(
         weights = tuple(float(x) for x in kinds.split(":"))
     except ValueError:
         raise SbtError(f"--kinds must look like 1:2:2 (three non-negative weights), got {kinds!r}") from None
+    preference = objective in ("dpo", "kto")
+    if not preference:
+        for param, flag in (("beta", "--beta"), ("pairs", "--pairs"), ("desirable_weight", "--desirable-weight"),
+                            ("undesirable_weight", "--undesirable-weight"), ("epochs", "--epochs")):
+            if option_given(ctx, param):
+                raise SbtError(f"{flag} goes with --objective dpo or kto")
+    elif option_given(ctx, "tokens"):
+        raise SbtError(f"--objective {objective} runs for --epochs over its preference examples; drop --tokens")
+    if preference:  # fine-tuning defaults where the option was not given
+        lr = lr if option_given(ctx, "lr") else 1e-5
+        batch_size = batch_size if option_given(ctx, "batch_size") else 64
+        eval_every = 50 if eval_every is None else eval_every
     data_dir = data_dir or Path("data") / f"countdown{numbers}"
     if tokens is not None and not math.isfinite(tokens):
         raise SbtError(f"--tokens must be a number of training tokens (e.g. 5e7), got {tokens!r}")
@@ -80,14 +99,17 @@ def train_cmd(
                       batch_size=batch_size, lr=lr, seed=seed, eval_every=500 if eval_every is None else eval_every,
                       eval_puzzles=eval_puzzles, ckpt_every=ckpt_every, precision=precision, compile=compile_, threads=threads, ema=ema,
                       paths_file=str(paths) if paths else None, extra_puzzles=str(extra_puzzles) if extra_puzzles else None,
-                      preset=recipe, lora=lora, merge=merge,
+                      preset=recipe, lora=lora, merge=merge, objective=objective,
+                      prefs_file=str(prefs) if prefs else None, beta=beta, pairs=pairs,
+                      desirable_weight=desirable_weight, undesirable_weight=undesirable_weight, epochs=epochs,
                       **({"max_tokens": int(tokens)} if tokens is not None else {}))
     if resume:
         cfg = _resumed_config(ctx, cfg, out)
     check_world(cfg.batch_size, device)  # (torchrun: the global batch must split among the processes)
     if not (Path(cfg.data_dir) / "train.jsonl").is_file():
         raise SbtError(f"no training data in {cfg.data_dir}; run: sbt data generate --numbers {numbers} --out {cfg.data_dir}")
-    for name, what in (("paths_file", "paths file"), ("extra_puzzles", "extra puzzles file")):
+    for name, what in (("paths_file", "paths file"), ("extra_puzzles", "extra puzzles file"),
+                       ("prefs_file", "--prefs file")):
         if getattr(cfg, name) and not Path(getattr(cfg, name)).is_file():
             raise SbtError(f"{what} not found: {getattr(cfg, name)}")
     if not (Path(cfg.data_dir) / "val.jsonl").is_file():
@@ -145,8 +167,10 @@ _SETTING = {"data_dir": "data_dir", "data": "data", "back_ratio": "back_ratio", 
             "extra_puzzles": "extra_puzzles", "tokens": "max_tokens", "batch_size": "batch_size", "lr": "lr",
             "seed": "seed", "eval_every": "eval_every", "eval_puzzles": "eval_puzzles", "ckpt_every": "ckpt_every",
             "precision": "precision", "compile_": "compile", "threads": "threads", "ema": "ema", "recipe": "preset",
-            "lora": "lora", "merge": "merge"}
-_PATHS = ("data_dir", "base_model", "paths_file", "extra_puzzles")
+            "lora": "lora", "merge": "merge", "objective": "objective", "prefs": "prefs_file", "beta": "beta",
+            "pairs": "pairs", "desirable_weight": "desirable_weight", "undesirable_weight": "undesirable_weight",
+            "epochs": "epochs"}
+_PATHS = ("data_dir", "base_model", "paths_file", "extra_puzzles", "prefs_file")
 
 
 def _resumed_config(ctx: typer.Context, given, out: Path):

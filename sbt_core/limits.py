@@ -56,6 +56,10 @@ MAX_PUZZLES = 10_000_000         # --puzzles, --train-puzzles, --eval-puzzles, -
 MAX_SEED = 2**32 - 1             # --seed of train, harvest and iterate: 0..MAX_SEED
 MAX_ROUNDS = 100                 # sbt iterate --rounds
 MAX_WORKERS = 64                 # sbt bench / sbt harvest --workers: 1..this local processes
+MAX_EPOCHS = 100.0               # sbt train --epochs (dpo, kto): in (0, MAX_EPOCHS]
+MAX_BETA = 100.0                 # sbt train --beta (dpo, kto): in (0, MAX_BETA]
+MAX_PAIRS = 64                   # sbt train --pairs (dpo): pairs per puzzle, 1..this
+MAX_LABEL_WEIGHT = 100.0         # sbt train --desirable-weight / --undesirable-weight (kto): in (0, this]
 
 
 def check_range(value, flag: str, low, high, *, integer: bool = False, low_open: bool = False) -> float | int:

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, fields
 
 from sbt_core.errors import SbtError
-from sbt_core.limits import (MAX_BACK_RATIO, MAX_BATCH_SIZE, MAX_LR, MAX_PUZZLES, MAX_SEED, MAX_THREADS,
-                             MAX_TRAIN_TOKENS, check_range)
+from sbt_core.limits import (MAX_BACK_RATIO, MAX_BATCH_SIZE, MAX_BETA, MAX_EPOCHS, MAX_LABEL_WEIGHT, MAX_LR,
+                             MAX_PAIRS, MAX_PUZZLES, MAX_SEED, MAX_THREADS, MAX_TRAIN_TOKENS, check_range)
 
 from .data import Recipe
 from .model import SIZES
@@ -29,10 +29,14 @@ FLAGS = {"data_dir": "--data-dir", "data": "--data", "back_ratio": "--back-ratio
          "eval_every": "--eval-every", "eval_puzzles": "--eval-puzzles", "ckpt_every": "--ckpt-every",
          "precision": "--precision", "compile": "--compile", "threads": "--threads", "ema": "--ema",
          "paths_file": "--paths", "extra_puzzles": "--extra-puzzles", "preset": "--recipe", "lora": "--lora",
-         "merge": "--merge"}
+         "merge": "--merge", "objective": "--objective", "prefs_file": "--prefs", "beta": "--beta",
+         "pairs": "--pairs", "desirable_weight": "--desirable-weight", "undesirable_weight": "--undesirable-weight",
+         "epochs": "--epochs"}
 # settings that may differ between a run and its --resume: how long, how often to look, how
 # many threads; everything else defines the experiment (and ``out`` is where the run lives now)
-RESUMABLE = ("out", "max_tokens", "eval_every", "ckpt_every", "threads")
+RESUMABLE = ("out", "max_tokens", "eval_every", "ckpt_every", "threads", "epochs")
+OBJECTIVES = ("sft", "dpo", "kto")  # --objective: the masked-loss SFT, or preference optimisation
+# (training/preference.py) of a --base-model on --prefs (sbt harvest --labelled)
 
 # ``sbt train --recipe``: named data recipes. "paper" is the paper's data exactly: D_op +
 # D_back 1:1, error kinds exploration:computational:rule 1:2:2, prompt and wrong step
@@ -97,6 +101,15 @@ class TrainConfig:
     # output is an adapter directory, or with --merge the merged model (training/base_model.py)
     lora: int = 0
     merge: bool = False
+    # --objective dpo|kto (training/preference.py): preference optimisation of --base-model on
+    # the labelled samples of --prefs, for --epochs passes over its examples (not --tokens)
+    objective: str = "sft"
+    prefs_file: str | None = None
+    beta: float = 0.1
+    pairs: int = 1  # dpo: pairs per puzzle
+    desirable_weight: float = 1.0  # kto
+    undesirable_weight: float = 1.0  # kto
+    epochs: float = 1.0
 
     def __post_init__(self) -> None:
         self.kind_weights = tuple(self.kind_weights) if isinstance(self.kind_weights, (list, tuple)) else self.kind_weights
@@ -158,6 +171,28 @@ class TrainConfig:
             self.recipe()
         except ValueError as exc:
             raise SbtError(str(exc)) from None
+        self.check_objective()
+
+    def check_objective(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise SbtError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "sft":
+            if self.prefs_file is not None:
+                raise SbtError("--prefs is the data of --objective dpo or kto; drop it, or give --objective")
+            return
+        if not self.base_model:
+            raise SbtError(f"--objective {self.objective} fine-tunes a trained model: give --base-model DIR "
+                           "(e.g. models/countdown4-sft)")
+        if not isinstance(self.prefs_file, str) or not self.prefs_file:
+            raise SbtError(f"--objective {self.objective} needs --prefs FILE (from `sbt harvest --labelled K`)")
+        for name in ("lora", "paths_file", "extra_puzzles"):
+            if getattr(self, name):
+                raise SbtError(f"{FLAGS[name]} goes with --objective sft, not {self.objective}")
+        check_range(self.beta, "--beta", 0, MAX_BETA, low_open=True)
+        check_range(self.pairs, "--pairs", 1, MAX_PAIRS, integer=True)
+        check_range(self.epochs, "--epochs", 0, MAX_EPOCHS, low_open=True)
+        for name in ("desirable_weight", "undesirable_weight"):
+            check_range(getattr(self, name), FLAGS[name], 0, MAX_LABEL_WEIGHT, low_open=True)
 
     def recipe(self) -> Recipe:
         return Recipe(self.data, self.back_ratio, tuple(self.kind_weights), self.goal_forcing, self.own_errors,

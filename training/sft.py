@@ -68,7 +68,7 @@ def _load_tokenizer_and_model(cfg: TrainConfig, device, log: Callable[[str], Non
 
         tok, model, info = load_base(cfg, log)
     else:
-        tok = build_tokenizer()
+        tok = build_tokenizer(_rules(cfg.data_dir))  # (rules "any": one more token, " (any)")
         model = new_model(tok, cfg.size, seed=cfg.seed)
         if cfg.attn and hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation(cfg.attn)
@@ -103,7 +103,8 @@ def _dataset(cfg: TrainConfig, tok, log, save: bool = True) -> EncodedDataset:
     paths_info = None
     if cfg.paths_file:
         counts: dict = {}
-        examples, dropped = path_examples(cfg.paths_file, cfg.train_puzzles, cfg.recipe(), cfg.seed, counts=counts)
+        examples, dropped = path_examples(cfg.paths_file, cfg.train_puzzles, cfg.recipe(), cfg.seed, counts=counts,
+                                          rules=_rules(cfg.data_dir))
         kept = sum(ex.kind == "op" for ex in examples)
         own = sum(ex.kind == "own-error" for ex in examples)
         dups = counts.get("duplicates", 0)
@@ -117,12 +118,12 @@ def _dataset(cfg: TrainConfig, tok, log, save: bool = True) -> EncodedDataset:
                       "own_errors": own}
     else:
         train_file = Path(cfg.data_dir) / "train.jsonl"
-        puzzles = read_puzzles(train_file, cfg.train_puzzles)
+        puzzles = read_puzzles(train_file, cfg.train_puzzles, rules=_rules(cfg.data_dir))
         log(f"building examples from {len(puzzles):,} puzzles ({cfg.data})")
         pairs = [encode(ex, tok, prefix=prefix) for ex in build_examples(puzzles, cfg.recipe(), cfg.seed)]
     extra_info = None
     if cfg.extra_puzzles:
-        extra = read_puzzles(cfg.extra_puzzles)
+        extra = read_puzzles(cfg.extra_puzzles, rules=_rules(cfg.data_dir))
         examples = list(build_examples(extra, cfg.recipe(), cfg.seed + 1))
         log(f"+ {len(examples):,} examples ({cfg.data}) from the solver paths of {len(extra):,} puzzles in {cfg.extra_puzzles}")
         pairs += [encode(ex, tok, prefix=prefix) for ex in examples]
@@ -156,11 +157,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     short dict of their own, without ``curve``)."""
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
-    if _puzzle_kind(cfg.data_dir).get("rules", "all") != "all":
-        # training/data.py builds its wrong steps and dead ends under the all-numbers rule;
-        # TV rules need them rebuilt (and a tokenizer piece for " (any)") before a model trains
-        raise SbtError(f"{cfg.data_dir}: training on rules 'any' puzzles is not supported yet (its backtracking "
-                       "examples would be built under the all-numbers rule); train on rules 'all' data")
+    if cfg.objective != "sft" and distributed.world() is not None:
+        raise SbtError(f"--objective {cfg.objective} runs in one process; start it without torchrun")
     distributed.check_world(cfg.batch_size, device)
     dev, group = distributed.start(device)  # (a device that is not here: one line, nothing written)
     if group is not None and not group.writer:
@@ -177,6 +175,10 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
 
             if group is None:
                 claim()
+                if cfg.objective != "sft":  # DPO / KTO: their own loop (training/preference.py)
+                    from .preference import train_preference
+
+                    return train_preference(cfg, resume, log, on_step, command, dev)
                 return _train(cfg, resume, log, on_step, command, dev)
             group.agree(claim)  # rank 0 alone holds the lock; its refusal is every rank's
             # (a rank that stops, killed or interrupted: one line on the others, not a traceback)
@@ -206,13 +208,14 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None],
     if group is None:
         tok, model, base_info = _load_tokenizer_and_model(cfg, device, log)
         data = _dataset(cfg, tok, log)
-        val = read_puzzles(Path(cfg.data_dir) / "val.jsonl", cfg.eval_puzzles)
+        val = read_puzzles(Path(cfg.data_dir) / "val.jsonl", cfg.eval_puzzles, rules=_rules(cfg.data_dir))
     else:
         tok, model, base_info = group.each(lambda: _load_tokenizer_and_model(cfg, device, log))
         # rank 0 builds the data set (and its cache) and reads val; then the others load the
         # cache (or, where they cannot see it, build the same data themselves)
         first = group.agree(lambda: (_dataset(cfg, tok, log),
-                                     read_puzzles(Path(cfg.data_dir) / "val.jsonl", cfg.eval_puzzles)))
+                                     read_puzzles(Path(cfg.data_dir) / "val.jsonl", cfg.eval_puzzles,
+                                                  rules=_rules(cfg.data_dir))))
         data, val = group.each(lambda: first if writer else (_dataset(cfg, tok, log, save=False), []))
         group.check_same(distributed.dataset_digest(data), "training data")
         if len(data) < group.world:
@@ -362,6 +365,13 @@ def _puzzle_kind(data_dir: str) -> dict:
         return {}
     rules = meta.get("rules", "all")
     return {"n_numbers": n, "rules": rules} if isinstance(n, int) and rules in ("all", "any") else {}
+
+
+def _rules(data_dir: str) -> str:
+    """The rules the data folder's puzzles are for (its meta.json; "all" when it says none):
+    the examples, the tokenizer and the model are built for them, and a puzzle line that
+    names other rules is refused (``sbt_core.generate.read_puzzles``; a paths-file line is dropped)."""
+    return _puzzle_kind(data_dir).get("rules", "all")
 
 
 def _best_so_far(best_file: Path) -> float:
