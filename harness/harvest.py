@@ -40,13 +40,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from sbt_core.countdown import Puzzle, verify
+from sbt_core.countdown import Puzzle
 from sbt_core.errors import SbtError
 from sbt_core.files import write_atomic, write_json
 from sbt_core.limits import MAX_PUZZLES, MAX_SEED, SEARCH_MAXIMUM, check_range, check_temperature
 from sbt_core.locks import output_lock
 from sbt_core.solver import false_claim_cut
-from sbt_core.trace import parse_response, prompt
+from sbt_core.trace import is_verified, parse_response, prompt
 
 from .iterate import train_slice
 
@@ -77,13 +77,6 @@ class HarvestConfig:
         check_range(self.seed, "--seed", 0, MAX_SEED, integer=True)
         # rejection sampling needs samples: a positive temperature
         self.temperature = check_temperature(self.temperature, allow_zero=False)
-
-
-def is_verified(puzzle, text: str) -> bool:
-    """A sampled answer the strict verifier accepts: it ends in ``Goal Reached!`` and its
-    steps solve the puzzle (never the model's claim alone)."""
-    resp = parse_response(text)
-    return resp.ending == "goal" and bool(resp.lines) and verify(puzzle, resp.lines).ok
 
 
 def best_verified(puzzle, completions) -> tuple[list[str] | None, int, float]:

@@ -45,13 +45,15 @@ def train_cmd(
     threads: int = typer.Option(0, "--threads", help="torch threads (0: default)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto|cpu|cuda|cuda:N|mps (default: $SBT_DEVICE, else auto: cuda when there is one); under torchrun each process takes the GPU of its LOCAL_RANK"),
     ema: float = typer.Option(0.0, "--ema", help="evaluate and save an exponential moving average of the weights with this decay per step (e.g. 0.995; 0: off)"),
-    objective: str = typer.Option("sft", "--objective", help="sft: the masked-loss SFT on D_op / D_back | dpo | kto: preference optimisation of --base-model on the verifier-labelled samples of --prefs (its defaults: --lr 1e-5, --batch-size 64, --eval-every 50)"),
+    objective: str = typer.Option("sft", "--objective", help="sft: the masked-loss SFT on D_op / D_back | dpo | kto: preference optimisation of --base-model on the verifier-labelled samples of --prefs | grpo: RL of --base-model on its own answers to train puzzles, reward 1 when the strict verifier accepts one (defaults for dpo/kto/grpo: --lr 1e-5, --batch-size 64 (grpo: 16 puzzles), --eval-every 50; grpo: --train-puzzles 2048, --beta 0)"),
     prefs: Optional[Path] = typer.Option(None, "--prefs", help="with --objective dpo|kto: a file of `sbt harvest --labelled K` (train puzzles only)"),
-    beta: float = typer.Option(0.1, "--beta", help="dpo|kto: the strength of the pull to the reference model"),
+    beta: Optional[float] = typer.Option(None, "--beta", help="dpo|kto: the strength of the pull to the reference model (default 0.1) | grpo: the KL penalty to the starting model (default 0: none)"),
     pairs: int = typer.Option(1, "--pairs", help="dpo: (verified, failing) pairs per puzzle at most"),
     desirable_weight: float = typer.Option(1.0, "--desirable-weight", help="kto: weight of the verified samples' loss"),
     undesirable_weight: float = typer.Option(1.0, "--undesirable-weight", help="kto: weight of the failing samples' loss"),
-    epochs: float = typer.Option(1.0, "--epochs", help="dpo|kto: passes over the preference examples"),
+    epochs: float = typer.Option(1.0, "--epochs", help="dpo|kto|grpo: passes over the examples (preference examples; grpo: the train puzzles)"),
+    group: int = typer.Option(8, "--group", help="grpo: answers sampled per puzzle (the group its advantages are normalised in)"),
+    temperature: float = typer.Option(1.0, "--temperature", help="grpo: sampling temperature of the answers"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint, in OUT, with the checkpoint's settings (only --tokens, --eval-every, --ckpt-every, --threads, --device and the number of torchrun processes may change)"),
     quiet: bool = typer.Option(False, "--quiet", help="log lines instead of a progress bar (the default when stderr is not a terminal, e.g. under nohup)"),
 ) -> None:
@@ -79,18 +81,23 @@ def train_cmd(
         weights = tuple(float(x) for x in kinds.split(":"))
     except ValueError:
         raise SbtError(f"--kinds must look like 1:2:2 (three non-negative weights), got {kinds!r}") from None
-    preference = objective in ("dpo", "kto")
-    if not preference:
-        for param, flag in (("beta", "--beta"), ("pairs", "--pairs"), ("desirable_weight", "--desirable-weight"),
-                            ("undesirable_weight", "--undesirable-weight"), ("epochs", "--epochs")):
-            if option_given(ctx, param):
-                raise SbtError(f"{flag} goes with --objective dpo or kto")
-    elif option_given(ctx, "tokens"):
-        raise SbtError(f"--objective {objective} runs for --epochs over its preference examples; drop --tokens")
-    if preference:  # fine-tuning defaults where the option was not given
+    finetune = objective in ("dpo", "kto", "grpo")
+    only = {"beta": ("--beta", ("dpo", "kto", "grpo")), "epochs": ("--epochs", ("dpo", "kto", "grpo")),
+            "pairs": ("--pairs", ("dpo",)), "desirable_weight": ("--desirable-weight", ("kto",)),
+            "undesirable_weight": ("--undesirable-weight", ("kto",)), "group": ("--group", ("grpo",)),
+            "temperature": ("--temperature", ("grpo",))}
+    for param, (flag, objectives) in only.items():
+        if option_given(ctx, param) and objective not in objectives:
+            raise SbtError(f"{flag} goes with --objective {' or '.join(objectives)}")
+    if finetune and option_given(ctx, "tokens"):
+        raise SbtError(f"--objective {objective} runs for --epochs over its examples; drop --tokens")
+    if finetune:  # fine-tuning defaults where the option was not given
         lr = lr if option_given(ctx, "lr") else 1e-5
-        batch_size = batch_size if option_given(ctx, "batch_size") else 64
+        batch_size = batch_size if option_given(ctx, "batch_size") else (16 if objective == "grpo" else 64)
         eval_every = 50 if eval_every is None else eval_every
+        if objective == "grpo" and train_puzzles is None:
+            train_puzzles = 2048
+    beta = beta if beta is not None else (0.0 if objective == "grpo" else 0.1)
     data_dir = data_dir or Path("data") / f"countdown{numbers}"
     if tokens is not None and not math.isfinite(tokens):
         raise SbtError(f"--tokens must be a number of training tokens (e.g. 5e7), got {tokens!r}")
@@ -102,6 +109,7 @@ def train_cmd(
                       preset=recipe, lora=lora, merge=merge, objective=objective,
                       prefs_file=str(prefs) if prefs else None, beta=beta, pairs=pairs,
                       desirable_weight=desirable_weight, undesirable_weight=undesirable_weight, epochs=epochs,
+                      group=group, temperature=temperature,
                       **({"max_tokens": int(tokens)} if tokens is not None else {}))
     if resume:
         cfg = _resumed_config(ctx, cfg, out)
@@ -169,7 +177,7 @@ _SETTING = {"data_dir": "data_dir", "data": "data", "back_ratio": "back_ratio", 
             "precision": "precision", "compile_": "compile", "threads": "threads", "ema": "ema", "recipe": "preset",
             "lora": "lora", "merge": "merge", "objective": "objective", "prefs": "prefs_file", "beta": "beta",
             "pairs": "pairs", "desirable_weight": "desirable_weight", "undesirable_weight": "undesirable_weight",
-            "epochs": "epochs"}
+            "epochs": "epochs", "group": "group", "temperature": "temperature"}
 _PATHS = ("data_dir", "base_model", "paths_file", "extra_puzzles", "prefs_file")
 
 

@@ -60,6 +60,7 @@ MAX_EPOCHS = 100.0               # sbt train --epochs (dpo, kto): in (0, MAX_EPO
 MAX_BETA = 100.0                 # sbt train --beta (dpo, kto): in (0, MAX_BETA]
 MAX_PAIRS = 64                   # sbt train --pairs (dpo): pairs per puzzle, 1..this
 MAX_LABEL_WEIGHT = 100.0         # sbt train --desirable-weight / --undesirable-weight (kto): in (0, this]
+MAX_GROUP = 256                  # sbt train --group (grpo): answers sampled per puzzle, 2..this
 
 
 def check_range(value, flag: str, low, high, *, integer: bool = False, low_open: bool = False) -> float | int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .countdown import DEFAULT_RULES, RULES, Puzzle, Step, parse_step
+from .countdown import DEFAULT_RULES, RULES, Puzzle, Step, parse_step, verify
 
 GOAL = "Goal Reached!"
 BACKTRACK = "<backtrack>"
@@ -106,3 +106,11 @@ def parse_prompt(text: str) -> Puzzle | None:
         return Puzzle(tuple(int(x) for x in nums.lstrip("[").split(", ")), int(target), rules)
     except (ValueError, AttributeError, TypeError):
         return None
+
+
+def is_verified(puzzle: Puzzle, text: str) -> bool:
+    """A sampled answer (the model's text after the prompt) that the strict verifier
+    accepts: it ends in ``Goal Reached!`` and its steps solve the puzzle (the model's claim
+    alone never counts). The label of ``sbt harvest --labelled`` and GRPO's reward."""
+    resp = parse_response(text)
+    return resp.ending == "goal" and bool(resp.lines) and verify(puzzle, resp.lines).ok

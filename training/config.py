@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass, fields
 
 from sbt_core.errors import SbtError
-from sbt_core.limits import (MAX_BACK_RATIO, MAX_BATCH_SIZE, MAX_BETA, MAX_EPOCHS, MAX_LABEL_WEIGHT, MAX_LR,
-                             MAX_PAIRS, MAX_PUZZLES, MAX_SEED, MAX_THREADS, MAX_TRAIN_TOKENS, check_range)
+from sbt_core.limits import (MAX_BACK_RATIO, MAX_BATCH_SIZE, MAX_BETA, MAX_EPOCHS, MAX_GROUP, MAX_LABEL_WEIGHT,
+                             MAX_LR, MAX_PAIRS, MAX_PUZZLES, MAX_SEED, MAX_THREADS, MAX_TRAIN_TOKENS, check_range,
+                             check_temperature)
 
 from .data import Recipe
 from .model import SIZES
@@ -31,12 +32,13 @@ FLAGS = {"data_dir": "--data-dir", "data": "--data", "back_ratio": "--back-ratio
          "paths_file": "--paths", "extra_puzzles": "--extra-puzzles", "preset": "--recipe", "lora": "--lora",
          "merge": "--merge", "objective": "--objective", "prefs_file": "--prefs", "beta": "--beta",
          "pairs": "--pairs", "desirable_weight": "--desirable-weight", "undesirable_weight": "--undesirable-weight",
-         "epochs": "--epochs"}
+         "epochs": "--epochs", "group": "--group", "temperature": "--temperature"}
 # settings that may differ between a run and its --resume: how long, how often to look, how
 # many threads; everything else defines the experiment (and ``out`` is where the run lives now)
 RESUMABLE = ("out", "max_tokens", "eval_every", "ckpt_every", "threads", "epochs")
-OBJECTIVES = ("sft", "dpo", "kto")  # --objective: the masked-loss SFT, or preference optimisation
-# (training/preference.py) of a --base-model on --prefs (sbt harvest --labelled)
+# --objective: the masked-loss SFT; preference optimisation of a --base-model on --prefs (sbt
+# harvest --labelled; training/preference.py); GRPO with the verifier's reward (training/grpo.py)
+OBJECTIVES = ("sft", "dpo", "kto", "grpo")
 
 # ``sbt train --recipe``: named data recipes. "paper" is the paper's data exactly: D_op +
 # D_back 1:1, error kinds exploration:computational:rule 1:2:2, prompt and wrong step
@@ -101,15 +103,18 @@ class TrainConfig:
     # output is an adapter directory, or with --merge the merged model (training/base_model.py)
     lora: int = 0
     merge: bool = False
-    # --objective dpo|kto (training/preference.py): preference optimisation of --base-model on
-    # the labelled samples of --prefs, for --epochs passes over its examples (not --tokens)
+    # --objective dpo|kto|grpo (training/finetune.py): fine-tuning of --base-model on the
+    # labelled samples of --prefs (dpo, kto) or on its own answers to train puzzles scored by
+    # the verifier (grpo), for --epochs passes over its examples (not --tokens)
     objective: str = "sft"
     prefs_file: str | None = None
-    beta: float = 0.1
+    beta: float = 0.1  # dpo, kto: the pull to the reference; grpo: the KL penalty (0: none)
     pairs: int = 1  # dpo: pairs per puzzle
     desirable_weight: float = 1.0  # kto
     undesirable_weight: float = 1.0  # kto
     epochs: float = 1.0
+    group: int = 8  # grpo: answers per puzzle
+    temperature: float = 1.0  # grpo: sampling temperature
 
     def __post_init__(self) -> None:
         self.kind_weights = tuple(self.kind_weights) if isinstance(self.kind_weights, (list, tuple)) else self.kind_weights
@@ -183,12 +188,20 @@ class TrainConfig:
         if not self.base_model:
             raise SbtError(f"--objective {self.objective} fine-tunes a trained model: give --base-model DIR "
                            "(e.g. models/countdown4-sft)")
-        if not isinstance(self.prefs_file, str) or not self.prefs_file:
+        grpo = self.objective == "grpo"
+        if grpo and self.prefs_file is not None:
+            raise SbtError("--prefs is the data of dpo and kto; --objective grpo samples its own answers")
+        if not grpo and (not isinstance(self.prefs_file, str) or not self.prefs_file):
             raise SbtError(f"--objective {self.objective} needs --prefs FILE (from `sbt harvest --labelled K`)")
         for name in ("lora", "paths_file", "extra_puzzles"):
             if getattr(self, name):
                 raise SbtError(f"{FLAGS[name]} goes with --objective sft, not {self.objective}")
-        check_range(self.beta, "--beta", 0, MAX_BETA, low_open=True)
+        if grpo:
+            check_range(self.beta, "--beta", 0, MAX_BETA)
+            check_range(self.group, "--group", 2, MAX_GROUP, integer=True)
+            self.temperature = check_temperature(self.temperature, allow_zero=False)
+        else:
+            check_range(self.beta, "--beta", 0, MAX_BETA, low_open=True)
         check_range(self.pairs, "--pairs", 1, MAX_PAIRS, integer=True)
         check_range(self.epochs, "--epochs", 0, MAX_EPOCHS, low_open=True)
         for name in ("desirable_weight", "undesirable_weight"):

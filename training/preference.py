@@ -2,7 +2,7 @@
 
 ``sbt train --objective dpo|kto --prefs FILE --base-model DIR``. The data is a file of
 ``sbt harvest --labelled K``: per TRAIN puzzle, up to K of the model's distinct verified
-samples and K failing ones, each labelled by the strict verifier (``harness.harvest.
+samples and K failing ones, each labelled by the strict verifier (``sbt_core.trace.
 is_verified``). The labels are checked again here, and a puzzle that is in an evaluation
 split of the data folder (val / test_seen / test_new) is refused, whatever the file says.
 
@@ -20,35 +20,26 @@ split of the data folder (val / test_seen / test_new) is refused, whatever the f
 The reference model is a frozen copy of the starting weights (``--base-model``), so a
 resumed run rebuilds it exactly. The arithmetic is pinned to TRL's trainers by
 tests/test_preference.py (the same loss on the same model and batch); sbt keeps its own
-loop rather than TRL's ``Trainer`` because the latter's checkpoints are pickles
-(``optimizer.pt``, ``rng_state.pth``, ``training_args.bin``) and sbt's checkpoints are data
-(``training/checkpoint.py``): a run here checkpoints, resumes, evaluates val greedy and
-writes training.json exactly as ``sbt train`` does (``training/sft.py``). One process
-(no torchrun), float32.
+loop (``training/finetune.py``, shared with GRPO) rather than TRL's ``Trainer`` because the
+latter's checkpoints are pickles (``optimizer.pt``, ``rng_state.pth``, ``training_args.bin``)
+and sbt's are data (``training/checkpoint.py``).
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from sbt_core.countdown import Puzzle
 from sbt_core.errors import SbtError
-from sbt_core.files import write_json
-from sbt_core.generate import eval_puzzle_keys, read_puzzles
-from sbt_core.trace import prompt
+from sbt_core.generate import eval_puzzle_keys
+from sbt_core.trace import is_verified, prompt
 
-OBJECTIVES = ("sft", "dpo", "kto")
-PREFERENCE = ("dpo", "kto")
 
 
 # --------------------------------------------------------------------------- the data
@@ -70,8 +61,6 @@ def read_prefs(path: str | Path, data_dir: str | Path) -> tuple[list[list[Labell
     ``sbt harvest --labelled`` wrote them), and what the file is (its harvest settings,
     sha256, counts). One line for a file that is missing, not a labelled harvest, has a
     puzzle of an evaluation split, or a label the verifier does not give."""
-    from harness.harvest import is_verified
-
     path = Path(path)
     if not path.is_file():
         raise SbtError(f"--prefs {path}: no such file (make one with `sbt harvest --labelled 4 --out {path}`)")
@@ -122,19 +111,26 @@ def dpo_pairs(groups: list[list[Labelled]], pairs: int) -> list[tuple[Labelled, 
 
 
 class Sequences:
-    """Token ids of (prompt + completion) sequences and where each completion starts; the
-    training rows of one objective: a DPO example is a pair of sequences (chosen, rejected),
-    a KTO example one sequence and its label."""
+    """Token ids of (prompt + completion) sequences and where each completion starts."""
 
     def __init__(self, tok, prefix: list[int], items: list[Labelled]) -> None:
         eos = tok.eos_token_id
-        self.ids, self.starts = [], []
-        for x in items:
-            head = list(prefix) + tok(prompt(x.puzzle), add_special_tokens=False)["input_ids"]
-            tail = tok(x.text, add_special_tokens=False)["input_ids"] + ([eos] if x.finish == "eos" else [])
-            self.ids.append(head + tail)
-            self.starts.append(len(head))
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos
+        heads = [list(prefix) + tok(prompt(x.puzzle), add_special_tokens=False)["input_ids"] for x in items]
+        tails = [tok(x.text, add_special_tokens=False)["input_ids"] + ([eos] if x.finish == "eos" else [])
+                 for x in items]
+        self.set(heads, tails, tok.pad_token_id if tok.pad_token_id is not None else eos)
+
+    @classmethod
+    def of_ids(cls, heads: list[list[int]], tails: list[list[int]], pad_id: int) -> "Sequences":
+        """Sequences of given token ids (a sampled completion's own tokens)."""
+        obj = cls.__new__(cls)
+        obj.set(heads, tails, pad_id)
+        return obj
+
+    def set(self, heads: list[list[int]], tails: list[list[int]], pad_id: int) -> None:
+        self.ids = [h + t for h, t in zip(heads, tails)]
+        self.starts = [len(h) for h in heads]
+        self.pad_id = pad_id
 
     def batch(self, rows: list[int], completion_of: list[int] | None = None) -> dict[str, torch.Tensor]:
         """Right-padded ``input_ids``, ``attention_mask`` and ``completion_mask`` of the rows;
@@ -153,41 +149,6 @@ class Sequences:
             mask[j, :len(s)] = 1
             comp[j, a:len(s)] = 1
         return {"input_ids": ids, "attention_mask": mask, "completion_mask": comp}
-
-
-class PreferenceData:
-    """The examples of one objective, for ``training.batches.iterate`` (``offsets`` give
-    each example's length, for length-bucketed batches)."""
-
-    def __init__(self, objective: str, tok, prefix: list[int], groups: list[list[Labelled]], pairs: int) -> None:
-        self.objective = objective
-        if objective == "dpo":
-            chosen = dpo_pairs(groups, pairs)
-            self.seqs = Sequences(tok, prefix, [c for c, _ in chosen] + [r for _, r in chosen])
-            self.n = len(chosen)
-            lengths = [len(self.seqs.ids[i]) + len(self.seqs.ids[i + self.n]) for i in range(self.n)]
-            self.labels = None
-        else:
-            items = [x for g in groups for x in g]
-            self.seqs = Sequences(tok, prefix, items)
-            self.n = len(items)
-            lengths = [len(s) for s in self.seqs.ids]
-            self.labels = torch.tensor([x.verified for x in items])
-        self.offsets = torch.zeros(self.n + 1, dtype=torch.long)
-        self.offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.long), 0) if lengths else 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.offsets[-1])
-
-    def counts(self) -> dict:
-        if self.labels is None:
-            return {"pairs": self.n}
-        good = int(self.labels.sum())
-        return {"samples": self.n, "desirable": good, "undesirable": self.n - good}
 
 
 # --------------------------------------------------------------------------- the losses
@@ -219,165 +180,87 @@ def kto_loss(logps: torch.Tensor, ref: torch.Tensor, desirable: torch.Tensor, kl
     return torch.cat([good, bad]).mean(), {"kl": float(z)}
 
 
-def batch_loss(data: PreferenceData, rows: list[int], model, ref, cfg, device) -> tuple[torch.Tensor, int, dict]:
-    """(loss, tokens of the trained sequences, metrics) of one batch of example indices."""
-    def move(d: dict) -> dict:
-        return {k: v.to(device) for k, v in d.items()}
+# --------------------------------------------------------------------------- the objectives
 
-    if data.objective == "dpo":
-        inputs = move(data.seqs.batch(list(rows) + [r + data.n for r in rows]))
+
+class _Preference:
+    """The examples of DPO or KTO for ``training.finetune`` (``offsets``: each example's
+    length, for ``training.batches.iterate``'s length-bucketed batches)."""
+
+    needs_ref = True
+
+    def __init__(self, cfg, tok, prefix: list[int], log) -> None:
+        self.cfg = cfg
+        groups, self.prefs = read_prefs(cfg.prefs_file, cfg.data_dir)
+        self.n, lengths = self._build(tok, prefix, groups)
+        self.offsets = torch.zeros(self.n + 1, dtype=torch.long)
+        if lengths:
+            self.offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.long), 0)
+        log(f"{self.name.upper()} on {', '.join(f'{v:,} {k}' for k, v in self.counts().items())} "
+            f"from {self.prefs['puzzles']:,} train puzzles of {cfg.prefs_file}")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def data(self) -> dict:
+        return {"prefs": self.prefs, **self.counts(), "example_tokens": int(self.offsets[-1])}
+
+
+class DPO(_Preference):
+    name = "dpo"
+
+    def _build(self, tok, prefix, groups):
+        pairs = dpo_pairs(groups, self.cfg.pairs)
+        self.seqs = Sequences(tok, prefix, [c for c, _ in pairs] + [r for _, r in pairs])
+        n = len(pairs)
+        return n, [len(self.seqs.ids[i]) + len(self.seqs.ids[i + n]) for i in range(n)]
+
+    def counts(self) -> dict:
+        return {"pairs": self.n}
+
+    def record(self) -> dict:
+        return {"beta": self.cfg.beta, "pairs_per_puzzle": self.cfg.pairs, "loss": "sigmoid"}
+
+    def loss(self, rows, model, ref, step, device):
+        inputs = _to(self.seqs.batch(list(rows) + [r + self.n for r in rows]), device)
         with torch.no_grad():
             ref_logps = completion_logps(ref, inputs)
         logps = completion_logps(model, inputs)
         b = len(rows)
-        loss, info = dpo_loss(logps[:b], logps[b:], ref_logps[:b], ref_logps[b:], cfg.beta)
-    else:
+        loss, info = dpo_loss(logps[:b], logps[b:], ref_logps[:b], ref_logps[b:], self.cfg.beta)
+        return loss, int(inputs["attention_mask"].sum()), info
+
+
+class KTO(_Preference):
+    name = "kto"
+
+    def _build(self, tok, prefix, groups):
+        items = [x for g in groups for x in g]
+        self.seqs = Sequences(tok, prefix, items)
+        self.labels = torch.tensor([x.verified for x in items], dtype=torch.bool)
+        return len(items), [len(s) for s in self.seqs.ids]
+
+    def counts(self) -> dict:
+        good = int(self.labels.sum())
+        return {"samples": self.n, "desirable": good, "undesirable": self.n - good}
+
+    def record(self) -> dict:
+        return {"beta": self.cfg.beta, "desirable_weight": self.cfg.desirable_weight,
+                "undesirable_weight": self.cfg.undesirable_weight, "loss": "kto"}
+
+    def loss(self, rows, model, ref, step, device):
         rows = list(rows)
-        inputs = move(data.seqs.batch(rows))
-        mismatched = move(data.seqs.batch(rows, rows[-1:] + rows[:-1]))  # each prompt, the previous completion
+        inputs = _to(self.seqs.batch(rows), device)
+        mismatched = _to(self.seqs.batch(rows, rows[-1:] + rows[:-1]), device)  # each prompt, the previous completion
         with torch.no_grad():
             ref_logps = completion_logps(ref, inputs)
             ref_kl = completion_logps(ref, mismatched)
             kl_logps = completion_logps(model, mismatched)
         logps = completion_logps(model, inputs)
-        loss, info = kto_loss(logps, ref_logps, data.labels[rows].to(device), kl_logps, ref_kl, cfg.beta,
-                              cfg.desirable_weight, cfg.undesirable_weight)
-    return loss, int(inputs["attention_mask"].sum()), info
+        loss, info = kto_loss(logps, ref_logps, self.labels[rows].to(device), kl_logps, ref_kl, self.cfg.beta,
+                              self.cfg.desirable_weight, self.cfg.undesirable_weight)
+        return loss, int(inputs["attention_mask"].sum()), info
 
 
-# --------------------------------------------------------------------------- the loop
-
-
-def train_preference(cfg, resume: bool, log: Callable[[str], None], on_step: Callable[[dict], None] | None,
-                     command: str, device: torch.device) -> dict:
-    """The run (the caller holds the lock of ``cfg.out`` and checked --resume): model and
-    reference from ``cfg.base_model``, the data from ``cfg.prefs_file``, AdamW with
-    sbt's warm-up and cosine schedule over ``cfg.epochs`` epochs; checkpoints, val greedy
-    and training.json as ``sbt train`` does."""
-    from . import checkpoint as ckpt_io
-    from .base_model import save_trained
-    from .batches import iterate
-    from .evaluate import greedy_accuracy
-    from .sft import TrainState, _best_so_far, _hardware, _load_tokenizer_and_model, _puzzle_kind, lr_at
-    from sbt_core.hf import special_prefix
-
-    out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
-    saved = ckpt_io.load(ckpt) if resume else None
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    groups, prefs_info = read_prefs(cfg.prefs_file, cfg.data_dir)
-    tok, model, base_info = _load_tokenizer_and_model(cfg, device, log)
-    ref = copy.deepcopy(model).eval().requires_grad_(False)  # the starting weights, frozen
-    data = PreferenceData(cfg.objective, tok, special_prefix(tok), groups, cfg.pairs)
-    if len(data) < cfg.batch_size:
-        raise SbtError(f"--prefs {cfg.prefs_file}: {len(data):,} {cfg.objective.upper()} examples, fewer than "
-                       f"--batch-size {cfg.batch_size}; harvest more puzzles or lower --batch-size")
-    log(f"{cfg.objective.upper()} on {', '.join(f'{v:,} {k}' for k, v in data.counts().items())} "
-        f"from {prefs_info['puzzles']:,} train puzzles of {cfg.prefs_file}")
-    val = read_puzzles(Path(cfg.data_dir) / "val.jsonl", cfg.eval_puzzles)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-    state = TrainState()
-    if saved is not None:
-        try:
-            model.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["optimizer"])
-            state = TrainState(**saved["train_state"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise SbtError(f"{ckpt}: the checkpoint does not fit this run ({type(exc).__name__})") from None
-        log(f"resumed at step {state.step:,} ({state.tokens:,} tokens)")
-    total_steps = max(1, int(cfg.epochs * (len(data) // cfg.batch_size)))
-    schedule = copy.copy(cfg)
-    schedule.warmup_steps = min(cfg.warmup_steps, total_steps // 10)  # (a short run warms up for a tenth)
-    model.train()
-    t_start, loss_ema, seen = time.time() - state.wall_s, None, {}
-
-    def checkpoint() -> None:
-        state.wall_s = time.time() - t_start
-        ckpt_io.save(ckpt, model=model.state_dict(), optimizer=opt.state_dict(), train_state=asdict(state),
-                     config=asdict(cfg))
-
-    def evaluate() -> None:
-        model.eval()
-        rep = greedy_accuracy(model, tok, val)
-        model.train()
-        point = {"step": state.step, "tokens": state.tokens, "wall_s": round(time.time() - t_start, 1),
-                 "loss": round(loss_ema, 4) if loss_ema is not None and math.isfinite(loss_ema) else None,
-                 "val_greedy": rep.accuracy, "val_ended_backtrack": rep.to_json()["ended_backtrack"],
-                 **{k: round(v, 4) for k, v in seen.items()}}
-        state.curve.append(point)
-        log(json.dumps(point))
-        best_file = out / "best" / "best.json"
-        if rep.accuracy > _best_so_far(best_file):  # the best-on-val model too (selection on val only)
-            save_trained(model, tok, out / "best", cfg)
-            write_json(best_file, point)
-
-    if saved is None:
-        evaluate()  # step 0: the starting model, on the same val puzzles
-    for step, epoch, rows in iterate(data, cfg.batch_size, cfg.seed, state.step):
-        if step >= total_steps:
-            break
-        for g in opt.param_groups:
-            g["lr"] = lr_at(schedule, step, total_steps)
-        loss, n_tok, info = batch_loss(data, rows, model, ref, cfg, device)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        state.step, state.tokens = step + 1, state.tokens + n_tok
-        value = float(loss)
-        loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
-        seen = {k: v if k not in seen else 0.95 * seen[k] + 0.05 * v for k, v in info.items()}
-        if on_step:
-            on_step({"step": state.step, "total": total_steps, "loss": loss_ema, "epoch": epoch,
-                     "tokens_per_s": state.tokens / max(time.time() - t_start, 1e-6)})
-        if state.step % cfg.eval_every == 0:
-            evaluate()
-        if state.step % cfg.ckpt_every == 0:
-            checkpoint()
-    if not state.curve or state.curve[-1]["step"] != state.step:
-        evaluate()
-    checkpoint()
-    save_trained(model, tok, out, cfg)
-    report = {
-        "command": command,
-        "config": asdict(cfg),
-        "objective": {"name": cfg.objective, "beta": cfg.beta, "reference": "the --base-model weights, frozen",
-                      **({"pairs_per_puzzle": cfg.pairs} if cfg.objective == "dpo" else
-                         {"desirable_weight": cfg.desirable_weight, "undesirable_weight": cfg.undesirable_weight})},
-        "data": {"prefs": prefs_info, **data.counts(), "example_tokens": data.n_tokens},
-        "params": sum(p.numel() for p in model.parameters()),
-        "steps": state.step, "tokens": state.tokens, "wall_s": round(time.time() - t_start, 1),
-        "hardware": _hardware(device), "device": str(device), "world_size": 1, "precision": "fp32",
-        "compiled": False,
-        "versions": {"sbt": __import__("sbt_core").__version__, "torch": torch.__version__,
-                     "transformers": __import__("transformers").__version__},
-        "base_model": base_info,
-        "compute": training_compute(out, state.tokens, time.time() - t_start, _hardware(device), cfg.base_model),
-        **_puzzle_kind(cfg.data_dir),
-        "curve": state.curve,
-        "final": state.curve[-1] if state.curve else None,
-    }
-    write_json(out / "training.json", report)
-    return report
-
-
-def training_compute(out: Path, tokens: int, wall_s: float, hardware: str, base: str | None) -> dict:
-    """The training compute of a model: this run's and, through its base's training.json,
-    every run before it (``total``: the sums), so models trained in several stages are
-    compared at their whole cost."""
-    this = {"tokens": int(tokens), "wall_s": round(wall_s, 1), "hardware": hardware}
-    before = {"tokens": 0, "wall_s": 0.0}
-    if base:
-        try:
-            prior = json.loads((Path(base) / "training.json").read_text())
-            total = (prior.get("compute") or {}).get("total") or {"tokens": prior["tokens"], "wall_s": prior["wall_s"]}
-            before = {"tokens": int(total["tokens"]), "wall_s": float(total["wall_s"])}
-        except (OSError, ValueError, KeyError, TypeError):
-            before = None  # a base without sbt's record: its compute is unknown
-    total = None if before is None else {"tokens": before["tokens"] + this["tokens"],
-                                         "wall_s": round(before["wall_s"] + this["wall_s"], 1)}
-    return {"this_run": this, "before": before, "total": total}
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}

@@ -53,6 +53,7 @@ class TrainState:
     tokens: int = 0
     wall_s: float = 0.0
     curve: list = field(default_factory=list)  # [{step, tokens, loss, val_acc, ...}]
+    generated_tokens: int = 0  # tokens sampled for training (GRPO's rollouts; training/finetune.py)
 
 
 def _load_tokenizer_and_model(cfg: TrainConfig, device, log: Callable[[str], None] = print):
@@ -87,6 +88,9 @@ def _dataset(cfg: TrainConfig, tok, log, save: bool = True) -> EncodedDataset:
         if not Path(cfg.extra_puzzles).is_file():
             raise SbtError(f"extra puzzles file not found: {cfg.extra_puzzles}")
         key += "extra" + cfg.extra_puzzles + hashlib.sha256(Path(cfg.extra_puzzles).read_bytes()).hexdigest()
+    rules = _rules(cfg.data_dir)
+    if rules != "all":  # (the examples are built under the data's rules; rules "all" keep their keys)
+        key += f"rules-{rules}"
     # (the key's version: a new one when what is built changes, e.g. duplicate paths dropped)
     key += "v2"
     cache = Path(cfg.out) / "checkpoint" / f"dataset-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
@@ -104,7 +108,7 @@ def _dataset(cfg: TrainConfig, tok, log, save: bool = True) -> EncodedDataset:
     if cfg.paths_file:
         counts: dict = {}
         examples, dropped = path_examples(cfg.paths_file, cfg.train_puzzles, cfg.recipe(), cfg.seed, counts=counts,
-                                          rules=_rules(cfg.data_dir))
+                                          rules=rules)
         kept = sum(ex.kind == "op" for ex in examples)
         own = sum(ex.kind == "own-error" for ex in examples)
         dups = counts.get("duplicates", 0)
@@ -118,12 +122,12 @@ def _dataset(cfg: TrainConfig, tok, log, save: bool = True) -> EncodedDataset:
                       "own_errors": own}
     else:
         train_file = Path(cfg.data_dir) / "train.jsonl"
-        puzzles = read_puzzles(train_file, cfg.train_puzzles, rules=_rules(cfg.data_dir))
+        puzzles = read_puzzles(train_file, cfg.train_puzzles, rules=rules)
         log(f"building examples from {len(puzzles):,} puzzles ({cfg.data})")
         pairs = [encode(ex, tok, prefix=prefix) for ex in build_examples(puzzles, cfg.recipe(), cfg.seed)]
     extra_info = None
     if cfg.extra_puzzles:
-        extra = read_puzzles(cfg.extra_puzzles, rules=_rules(cfg.data_dir))
+        extra = read_puzzles(cfg.extra_puzzles, rules=rules)
         examples = list(build_examples(extra, cfg.recipe(), cfg.seed + 1))
         log(f"+ {len(examples):,} examples ({cfg.data}) from the solver paths of {len(extra):,} puzzles in {cfg.extra_puzzles}")
         pairs += [encode(ex, tok, prefix=prefix) for ex in examples]
@@ -175,10 +179,10 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
 
             if group is None:
                 claim()
-                if cfg.objective != "sft":  # DPO / KTO: their own loop (training/preference.py)
-                    from .preference import train_preference
+                if cfg.objective != "sft":  # DPO / KTO / GRPO: their own loop (training/finetune.py)
+                    from .finetune import train_finetune
 
-                    return train_preference(cfg, resume, log, on_step, command, dev)
+                    return train_finetune(cfg, resume, log, on_step, command, dev)
                 return _train(cfg, resume, log, on_step, command, dev)
             group.agree(claim)  # rank 0 alone holds the lock; its refusal is every rank's
             # (a rank that stops, killed or interrupted: one line on the others, not a traceback)
