@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from sbt_core.countdown import Puzzle, verify
+from sbt_core.countdown import DEFAULT_RULES, Puzzle, verify
 from sbt_core.errors import SbtError
 from sbt_core.generate import EVAL_SPLITS, eval_puzzle_keys, read_puzzles
 from sbt_core.limits import (MAX_PUZZLES, MAX_ROUNDS, SEARCH_MAXIMUM, check_range, check_temperature)
@@ -199,8 +199,8 @@ def train_slice(data_dir: Path, count: int, seed: int, round_: int) -> list[dict
     if leaked:
         raise SbtError(f"{train_file}: {len(leaked)} of the round-{round_} search puzzles are also in an "
                        f"evaluation split ({', '.join(EVAL_SPLITS)}); refusing to search on them")
-    return [{"id": f"train-{i:06d}", "split": "train", "train_index": i,
-             "numbers": list(puzzles[i].numbers), "target": puzzles[i].target} for i in picked]
+    # (numbers, target and, when not "all", the puzzle's rules: the search and its paths keep them)
+    return [{"id": f"train-{i:06d}", "split": "train", "train_index": i, **puzzles[i].to_json()} for i in picked]
 
 
 def _write_if_changed(path: Path, text: str) -> None:
@@ -222,16 +222,17 @@ def verified_paths(store: Store, run_id: int) -> list[dict]:
     """The answers of a search run that verify, as paths-file rows (unverified ones dropped).
 
     The ``solved`` flag of a result is the strict verifier's; the steps are verified again
-    here so that nothing unverified can reach training."""
+    here, under the run's rules, so that nothing unverified can reach training (a row names
+    its rules when they are not "all")."""
     out = []
+    rules = store.run(run_id).get("rules") or DEFAULT_RULES  # (NULL: a run from before rules)
     for r in store.results(run_id):
         if not r["solved"]:
             continue
-        puzzle = Puzzle(tuple(json.loads(r["numbers"])), r["target"])
+        puzzle = Puzzle(tuple(json.loads(r["numbers"])), r["target"], rules)
         steps = json.loads(r["steps"] or "[]")
         if steps and verify(puzzle, steps).ok:
-            out.append({"numbers": list(puzzle.numbers), "target": puzzle.target, "steps": steps,
-                        "puzzle_index": r["puzzle_index"]})
+            out.append({**puzzle.to_json(), "steps": steps, "puzzle_index": r["puzzle_index"]})
     return out
 
 

@@ -5,6 +5,14 @@ Each ``Example`` is text plus the character spans whose tokens are NOT trained: 
 prompt always, and in a backtracking example the wrong step (its line and newline).
 ``<backtrack>`` and the end-of-sequence token are trained, so the model learns to
 recognise errors without ever learning to make them.
+
+Everything is built under the puzzle's own rules (``Puzzle.rules``, ``countdown`` module
+doc), through ``sbt_core``'s verifier and solver: under rules "any" (TV Countdown) a
+solution uses a subset of the numbers and stops at the first step that makes the target
+(``countdown.is_finished``), its question ends in `` (any)``, and a wrong step is one that
+``solver.first_wrong_step`` calls wrong under those rules (a dead end is a step after which
+no subset of the numbers left makes the target; a step that makes it is never one). Under
+rules "all" every example is the one it always was (``tests/test_data_rules_any.py`` pins them).
 """
 
 from __future__ import annotations
@@ -15,9 +23,10 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator
 
-from sbt_core.countdown import Puzzle, Step, apply_op, apply_step, legal_steps, parse_step, state_after, verify
+from sbt_core.countdown import (DEFAULT_RULES, Puzzle, Step, apply_op, apply_step, is_finished, legal_steps, parse_step,
+                                replay, state_after, verify)
 from sbt_core.errors import SbtError
-from sbt_core.solver import false_claim_cut, is_solvable, random_solution
+from sbt_core.solver import false_claim_cut, first_wrong_step, is_solvable, random_solution
 from sbt_core.trace import prompt, render_backtrack, render_solution, render_steps
 
 ERROR_KINDS = ("exploration", "computational", "rule")
@@ -91,9 +100,10 @@ def honest_last_example(puzzle: Puzzle, path: list[Step], rng: random.Random) ->
     """The path's prefix, then the last two numbers combined by another legal operation
     with its true result (not the target), then ``<backtrack>``; only the result, the
     newline, ``<backtrack>`` and the end token are trained. None when every operation on
-    the last two numbers gives the target."""
+    the last two numbers gives the target. (Under rules "any" the last step may take any two
+    of the numbers left: another legal step from there into a dead end.)"""
     state = state_after(puzzle, path[:-1])
-    moves = [m for m in legal_steps(state) if m.result != puzzle.target] if len(state) == 2 else []
+    moves = dead_ends(state, puzzle.target, puzzle.rules) if last_step_from(state, puzzle.target, puzzle.rules) else []
     if not moves:
         return None
     last = rng.choice(moves)
@@ -103,11 +113,42 @@ def honest_last_example(puzzle: Puzzle, path: list[Step], rng: random.Random) ->
                    [(0, start), (start, start + len(f"{last.a} {last.op} {last.b} = "))])
 
 
+def until_finished(puzzle: Puzzle, path: list[Step]) -> list[Step]:
+    """``path`` up to its first step that completes an answer (``countdown.is_finished``):
+    under rules "any" the first step that makes the target (a walk over a subset may make it
+    on the way: ``50 * 2 = 100``, ``100 * 1 = 100``); under rules "all" a solution path whole.
+    A path that never completes one is returned as it is."""
+    state: tuple[int, ...] = ()
+    for i, move in enumerate(replay(puzzle, path)):
+        if not move.ok:
+            break
+        state = move.state
+        if is_finished(puzzle, state, move.step.result):
+            return path[:i + 1]
+    return path
+
+
 # ---- wrong steps -----------------------------------------------------------------
 
-def exploration_error(state: tuple[int, ...], target: int, rng: random.Random) -> Step | None:
-    """A legal, correct step after which the target can no longer be reached."""
-    dead = [s for s in legal_steps(state) if not is_solvable(apply_step(state, s), target)]
+def dead_ends(state: tuple[int, ...], target: int, rules: str = DEFAULT_RULES) -> list[Step]:
+    """The legal, correct steps from ``state`` that ``solver.first_wrong_step`` calls wrong
+    under ``rules``: after them the target can no longer be reached (under rules "any" a
+    step that makes the target is never one), in ``legal_steps`` order."""
+    here = Puzzle(tuple(state), target, rules)  # (the numbers left, as a puzzle of their own)
+    return [s for s in legal_steps(state) if first_wrong_step(here, [s]) == 0]
+
+
+def last_step_from(state: tuple[int, ...], target: int, rules: str = DEFAULT_RULES) -> bool:
+    """Whether a step from ``state`` that makes the target would complete an answer
+    (``countdown.is_finished``, on the one number fewer a step leaves): under rules "all" only
+    a step on the last two numbers, under "any" a step on any two."""
+    return len(state) >= 2 and is_finished(Puzzle(tuple(state), target, rules), state[1:], target)
+
+
+def exploration_error(state: tuple[int, ...], target: int, rng: random.Random,
+                      rules: str = DEFAULT_RULES) -> Step | None:
+    """A legal, correct step after which the target can no longer be reached (under ``rules``)."""
+    dead = dead_ends(state, target, rules)
     return rng.choice(dead) if dead else None
 
 
@@ -125,10 +166,12 @@ def computational_error(state: tuple[int, ...], rng: random.Random) -> Step | No
     return None
 
 
-def goal_forcing_error(state: tuple[int, ...], target: int, rng: random.Random) -> Step | None:
+def goal_forcing_error(state: tuple[int, ...], target: int, rng: random.Random,
+                       rules: str = DEFAULT_RULES) -> Step | None:
     """The last two numbers, a legal operation, and the target written as its result although
-    the operation does not give it (a computational error that fakes the goal)."""
-    if len(state) != 2:
+    the operation does not give it (a computational error that fakes the goal). Under rules
+    "any": any two of the numbers (any step may be the last)."""
+    if not last_step_from(state, target, rules):
         return None
     moves = [s for s in legal_steps(state) if s.result != target]
     if not moves:
@@ -141,17 +184,21 @@ def dead_end_goal_claim(puzzle: Puzzle, rng: random.Random) -> tuple[list[Step],
     """The models' own false "Goal Reached!": correct steps chosen at random until two
     numbers are left from which the target cannot be reached, then the operation whose
     result is NEAREST the target, with the target written as its result ("171 - 90 = 80").
-    Returns (prefix, wrong step) or None when the random prefix did not reach a dead end."""
+    Returns (prefix, wrong step) or None when the random prefix did not reach a dead end.
+    Under rules "any" the walk stops at the first dead end (no subset of the numbers left
+    makes the target), and a walk that makes the target on the way (an answer) gives None."""
     state = tuple(sorted(puzzle.numbers))
     prefix: list[Step] = []
-    while len(state) > 2:
+    while len(state) > 2 and (puzzle.uses_all or is_solvable(state, puzzle.target, puzzle.rules)):
         moves = legal_steps(state)
         if not moves:
             return None
         prefix.append(rng.choice(moves))
         state = apply_step(state, prefix[-1])
+        if is_finished(puzzle, state, prefix[-1].result):  # (rules "any": a complete answer, no dead end)
+            return None
     moves = legal_steps(state)
-    if not moves or any(m.result == puzzle.target for m in moves):
+    if not moves or is_solvable(state, puzzle.target, puzzle.rules):
         return None
     gap = min(abs(m.result - puzzle.target) for m in moves)
     s = rng.choice([m for m in moves if abs(m.result - puzzle.target) == gap])
@@ -186,7 +233,7 @@ def rule_violation(state: tuple[int, ...], puzzle: Puzzle, rng: random.Random) -
 
 def wrong_step(kind: str, state: tuple[int, ...], puzzle: Puzzle, rng: random.Random) -> Step | None:
     if kind == "exploration":
-        return exploration_error(state, puzzle.target, rng)
+        return exploration_error(state, puzzle.target, rng, puzzle.rules)
     if kind == "computational":
         return computational_error(state, rng)
     return rule_violation(state, puzzle, rng)
@@ -197,11 +244,13 @@ def wrong_step(kind: str, state: tuple[int, ...], puzzle: Puzzle, rng: random.Ra
 def examples_for(puzzle: Puzzle, recipe: Recipe, rng: random.Random,
                  path: list[Step] | None = None) -> list[Example]:
     """D_op example for the puzzle and, by the recipe's ratio, D_back examples on its path:
-    ``path`` when given (a verified path), else a random solver path."""
+    ``path`` when given (a verified path), else a random solver path; under rules "any" cut
+    at its first step that makes the target (``until_finished``)."""
     if path is None:
         path = random_solution(puzzle, rng)
     if path is None:
         return []
+    path = until_finished(puzzle, path)
     out = [op_example(puzzle, path)]
     if recipe.data == "op":
         return out
@@ -220,7 +269,7 @@ def examples_for(puzzle: Puzzle, recipe: Recipe, rng: random.Random,
             k = len(path) - 1 if claim_goal else rng.randrange(len(path))
             state = state_after(puzzle, path[:k])
             if claim_goal:
-                wrong = goal_forcing_error(state, puzzle.target, rng)
+                wrong = goal_forcing_error(state, puzzle.target, rng, puzzle.rules)
             else:
                 wrong = wrong_step(kind, state, puzzle, rng)
             if wrong is not None:
@@ -243,7 +292,7 @@ def build_examples(puzzles: Iterable[Puzzle], recipe: Recipe, seed: int) -> Iter
 
 
 def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
-                  seed: int = 0, counts: dict | None = None) -> tuple[list[Example], int]:
+                  seed: int = 0, counts: dict | None = None, rules: str | None = None) -> tuple[list[Example], int]:
     """Examples from GIVEN solution paths instead of solver paths (``sbt iterate`` and
     ``sbt train --paths`` train on verified search outputs): a JSONL file of
     ``{"numbers": [...], "target": T, "steps": ["a op b = c", ...]}``. A line that is not
@@ -258,6 +307,9 @@ def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
     A puzzle (its sorted numbers and target) is trained on once: a later line for a puzzle
     already kept is dropped (e.g. two harvests appended to one file), counted in
     ``counts["duplicates"]`` when ``counts`` is given.
+    ``rules``: the rules of lines that name none (None: "all"); a line that names other rules
+    is dropped (``Puzzle.from_json``). Each path is verified, and trained on, under its
+    puzzle's rules.
     Returns (examples, dropped count: lines with nothing verified to train on); ``limit``
     keeps the first ``limit`` puzzles. A file whose name ends in ``.gz`` is read through gzip."""
     out: list[Example] = []
@@ -280,7 +332,7 @@ def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
                 break
             try:
                 obj = json.loads(line)
-                puzzle = Puzzle.from_json(obj)
+                puzzle = Puzzle.from_json(obj, rules)
                 steps = _steps(obj.get("steps"))
                 raw = obj.get("mistakes")
                 wrong = [m for m in map(_steps, raw) if m] if own and isinstance(raw, list) else []
@@ -297,7 +349,8 @@ def path_examples(path, limit: int | None = None, recipe: Recipe | None = None,
             seen.add(puzzle.key)
             kept += 1
             if ok:
-                out.extend(examples_for(puzzle, recipe, rng, steps) if recipe else [op_example(puzzle, steps)])
+                out.extend(examples_for(puzzle, recipe, rng, steps) if recipe
+                           else [op_example(puzzle, until_finished(puzzle, steps))])
             for m in wrong:
                 if recipe.own_errors >= 1 or rng.random() < recipe.own_errors:
                     out.append(back_example(puzzle, m[:-1], m[-1], "own-error", train_prefix=False))
