@@ -47,7 +47,7 @@ def train_finetune(cfg, resume: bool, log: Callable[[str], None], on_step: Calla
     from .base_model import save_trained
     from .batches import iterate
     from .evaluate import greedy_accuracy
-    from .sft import TrainState, _best_so_far, _hardware, _load_tokenizer_and_model, _puzzle_kind, lr_at
+    from .sft import TrainState, _best_so_far, _hardware, _load_tokenizer_and_model, _puzzle_kind, _rules, lr_at
 
     out, ckpt = Path(cfg.out), Path(cfg.out) / "checkpoint"
     saved = ckpt_io.load(ckpt) if resume else None
@@ -60,7 +60,7 @@ def train_finetune(cfg, resume: bool, log: Callable[[str], None], on_step: Calla
     if len(objective) < cfg.batch_size:
         raise SbtError(f"{len(objective):,} {cfg.objective.upper()} examples, fewer than --batch-size "
                        f"{cfg.batch_size}; give more data or a smaller --batch-size")
-    val = read_puzzles(Path(cfg.data_dir) / "val.jsonl", cfg.eval_puzzles)
+    val = read_puzzles(Path(cfg.data_dir) / "val.jsonl", cfg.eval_puzzles, rules=_rules(cfg.data_dir))
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},

@@ -66,7 +66,9 @@ class GRPO:
         self.cfg, self.tok, self.prefix = cfg, tok, list(prefix)
         self.needs_ref = cfg.beta > 0
         train_file = Path(cfg.data_dir) / "train.jsonl"
-        self.puzzles = read_puzzles(train_file, cfg.train_puzzles)
+        from .sft import _rules
+
+        self.puzzles = read_puzzles(train_file, cfg.train_puzzles, rules=_rules(cfg.data_dir))
         held_out = eval_puzzle_keys(cfg.data_dir)
         leaked = sum(p.key in held_out for p in self.puzzles)
         if leaked:
