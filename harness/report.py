@@ -274,12 +274,52 @@ def compute_series(rows: Sequence[LeaderRow]) -> dict[tuple, list[LeaderRow]]:
 
 
 @dataclass
+@dataclass
+class ModelCompute:
+    """What it cost to train a model now shipped in models/ (its training.json): every stage
+    summed (``sbt train --objective dpo|kto|grpo`` records its base's cost too). ``tokens``:
+    trained tokens; ``generated_tokens``: tokens sampled for training (GRPO's rollouts;
+    the samples of a ``--prefs`` harvest are not counted: see the prefs file's record)."""
+
+    model: str
+    objective: str
+    base: str | None
+    tokens: int | None
+    generated_tokens: int | None
+    wall_s: float | None
+    hardware: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_compute(rows: Sequence[LeaderRow]) -> list[ModelCompute]:
+    """The training compute of each model of ``rows`` that is shipped under its name (the
+    weights the rows ran), from its training.json; models without one are left out."""
+    from sbt_core.models import models_dir
+
+    out = []
+    for name in sorted({r.model.partition(":")[0] for r in rows if r.model and not r.superseded}):
+        try:
+            t = json.loads((models_dir() / name / "training.json").read_text())
+            total = (t.get("compute") or {}).get("total") or {"tokens": t.get("tokens"), "wall_s": t.get("wall_s")}
+            objective = (t.get("objective") or {}).get("name") or ("sft " + str((t.get("config") or {}).get("data", "")))
+            base = (t.get("base_model") or {}).get("path")
+            out.append(ModelCompute(name, objective.strip(), Path(base).name if base else None, total.get("tokens"),
+                                    total.get("generated_tokens"), total.get("wall_s"), t.get("hardware")))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+    return out
+
+
+@dataclass
 class Report:
     rows: list[LeaderRow]
     curves: list[Curve]
     iterations: list[dict]
     db: str | None
     generated: str = field(default_factory=utcnow)
+    compute: list[ModelCompute] = field(default_factory=list)
 
     def to_dict(self, with_paper: bool = True) -> dict:
         out = {
@@ -288,6 +328,7 @@ class Report:
             "leaderboard": [r.to_dict() for r in self.rows],
             "curves": [c.to_dict() for c in self.curves],
             "iterations": self.iterations,
+            "training_compute": [c.to_dict() for c in self.compute],
         }
         if with_paper:
             out["paper"] = {"source": paper.SOURCE, "columns": list(paper.COLUMNS), "rows": paper.as_rows(),
@@ -302,7 +343,7 @@ def build_report(store: Store, all_weights: bool = False, **filters) -> Report:
     rows = leaderboard(store, **filters)
     iters = store.iterations()
     curves = scaling_curves([r for r in rows if all_weights or not r.superseded])
-    return Report(rows, curves, iters, str(store.path) if store.path else None)
+    return Report(rows, curves, iters, str(store.path) if store.path else None, compute=model_compute(rows))
 
 
 # --------------------------------------------------------------------------- text formats
@@ -369,6 +410,15 @@ FAILURE_SHORT = {"invalid_format": "format", "unknown_number": "unknown #", "inc
                  "no_answer": "no answer"}
 
 
+COMPUTE_HEAD = ["model", "objective", "base", "trained tokens", "sampled tokens", "train time", "hardware"]
+
+
+def compute_cells(c: ModelCompute) -> list[str]:
+    hours = "-" if c.wall_s is None else f"{c.wall_s / 3600:.2f} h"
+    return [c.model, c.objective, c.base or "-", "-" if c.tokens is None else f"{c.tokens:,}",
+            "-" if not c.generated_tokens else f"{c.generated_tokens:,}", hours, c.hardware or "-"]
+
+
 def failure_cells(r: LeaderRow) -> list[str]:
     cells = []
     for f in FAILURES:
@@ -397,6 +447,9 @@ def to_markdown(report: Report, with_paper: bool = True) -> str:
             rows.append([c.name, c.model or "-", c.split, c.axis,
                          ", ".join(f"{c.axis}={p['x']}: {_pct(p['accuracy'])}" for p in c.points)])
         parts.append(_md_table(["series", "model", "split", "axis", "accuracy %"], rows, "lllll"))
+    if report.compute:
+        parts += ["", "### Training compute (every stage of each model)", ""]
+        parts.append(_md_table(COMPUTE_HEAD, [compute_cells(c) for c in report.compute], "lllrrrl"))
     if report.iterations:
         parts += ["", "### Expert iteration", ""]
         parts.append(_md_table(["experiment", "round", "model", "fast acc %", "slow acc %", "train paths", "status"],

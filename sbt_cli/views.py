@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from harness import paper
-from harness.report import (FAILURE_SHORT, FAILURES, SHORT_HEAD, Curve, LeaderRow, Report, _model, _pct,
-                            compute_series, failure_cells, leaderboard_cells)
+from harness.report import (COMPUTE_HEAD, FAILURE_SHORT, FAILURES, SHORT_HEAD, Curve, LeaderRow, Report, _model, _pct,
+                            compute_cells, compute_series, failure_cells, leaderboard_cells)
 from sbt_core import settings
 from sbt_core.files import write_atomic
 
@@ -77,6 +77,14 @@ def render(report: Report, console, *, with_paper: bool = True, with_curves: boo
             from rich.text import Text
 
             console.print(Text.from_ansi(text))
+
+    if report.compute:
+        ct = Table(title="Training compute (every stage of each model)", title_justify="left", header_style="bold")
+        for h in COMPUTE_HEAD:
+            ct.add_column(h, justify="right" if h in ("trained tokens", "sampled tokens", "train time") else "left")
+        for c in report.compute:
+            ct.add_row(*(esc(x) for x in compute_cells(c)))
+        console.print(ct)
 
     if report.iterations:
         it = Table(title="Expert iteration (fast = greedy, slow = self-backtracking search)", title_justify="left",

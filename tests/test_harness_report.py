@@ -272,3 +272,27 @@ def test_paper_table_is_the_whole_of_table_1_quoted_exactly():
             if len(cells) == 5 and all(c.replace(".", "").isdigit() for c in cells[1:]):
                 quoted[cells[0]] = [float(c) for c in cells[1:]]
         assert sorted(quoted.values()) == sorted(values for *_, values in paper.TABLE)
+
+
+def test_report_shows_each_models_training_compute_every_stage(tmp_path, monkeypatch, store):
+    """A fine-tuned model's training.json carries its base's cost too (training/finetune.py):
+    the report shows the total next to the leaderboard, in every format."""
+    d = tmp_path / "tiny"
+    d.mkdir()
+    (d / "training.json").write_text(json.dumps({
+        "tokens": 5_000, "wall_s": 60.0, "hardware": "CPU test, 1 threads", "config": {"data": "op"},
+        "objective": {"name": "grpo"}, "base_model": {"path": "/x/models/tiny-sft"},
+        "compute": {"total": {"tokens": 1_005_000, "generated_tokens": 40_000, "wall_s": 7260.0}}}))
+    monkeypatch.setenv("SBT_MODELS_DIR", str(tmp_path))
+    report = build_report(store)
+    (c,) = report.compute
+    assert (c.model, c.objective, c.base, c.tokens, c.generated_tokens, c.wall_s) == \
+        ("tiny", "grpo", "tiny-sft", 1_005_000, 40_000, 7260.0)
+    md = export(report, "markdown")
+    assert "Training compute" in md and "| tiny | grpo | tiny-sft | 1,005,000 | 40,000 | 2.02 h |" in md
+    assert json.loads(export(report, "json"))["training_compute"][0]["tokens"] == 1_005_000
+    console = Console(record=True, width=200)
+    render(report, console, with_paper=False, with_curves=False)
+    assert "1,005,000" in console.export_text()
+    (d / "training.json").write_text("{not json")  # an unreadable record: the model is left out
+    assert build_report(store).compute == []

@@ -114,7 +114,7 @@ def train_finetune(cfg, resume: bool, log: Callable[[str], None], on_step: Calla
         opt.zero_grad(set_to_none=True)
         state.step, state.tokens = step + 1, state.tokens + n_tok
         state.generated_tokens += int(info.pop("generated_tokens", 0))
-        value = float(loss)
+        value = float(loss.detach())
         loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
         seen = {k: v if k not in seen else 0.95 * seen[k] + 0.05 * v for k, v in info.items()}
         if on_step:
