@@ -73,6 +73,7 @@ class LeaderRow:
     superseded: bool = False  # weights no longer shipped under this name (shown NAME@SHA8)
     puzzles: str | None = None  # the puzzle file (two splits of one name: data/countdown3 vs data/countdown4)
     rules: str = "all"  # the Countdown rules of the run's puzzles (runs.rules; "any": TV rules)
+    training: dict | None = None  # what training the run's model cost (runs.training; model_compute)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,9 +126,12 @@ def leaderboard(store: Store, *, split: str | None = None, model: str | None = N
         ids = list(run_ids)
         where.append(f"r.id in ({', '.join('?' * len(ids))})" if ids else "0")
         args += ids
-    rules = "r.rules" if "rules" in store.db["runs"].columns_dict else "null"  # (a database before m004)
+    columns = store.db["runs"].columns_dict
+    rules = "r.rules" if "rules" in columns else "null"  # (a database before m004)
+    training = "r.training" if "training" in columns else "null"  # (before m005)
     sql = f"""
         select r.id, r.method, r.params, r.model, r.model_sha256, r.backend, r.split, r.puzzles, {rules} as rules,
+               {training} as training,
                r.seed, r.status, r.n_puzzles, r.git_sha, r.started, r.host, r.pid,
                count(x.puzzle_index) as n, coalesce(sum(x.solved), 0) as k,
                avg(x.tokens) as tokens, avg(x.wall_ms) as wall_ms,
@@ -158,7 +162,7 @@ def leaderboard(store: Store, *, split: str | None = None, model: str | None = N
             tokens_per_puzzle=r["tokens"], seconds_per_puzzle=r["wall_ms"] / 1000 if r["wall_ms"] is not None else None,
             backtracks_per_puzzle=r["backtracks"], model_calls_per_puzzle=r["model_calls"],
             failures=fails.get(r["id"], {}), git_sha=r["git_sha"], started=r["started"], puzzles=r["puzzles"],
-            rules=run_rules,
+            rules=run_rules, training=_params(r["training"]) or None,
         ))
     _tell_weights_apart(rows)
     rows.sort(key=lambda x: (x.split, x.model or "", -(x.accuracy or 0), x.method, x.label, x.seed))
@@ -294,20 +298,25 @@ class ModelCompute:
 
 
 def model_compute(rows: Sequence[LeaderRow]) -> list[ModelCompute]:
-    """The training compute of each model of ``rows`` that is shipped under its name (the
-    weights the rows ran), from its training.json; models without one are left out."""
-    from sbt_core.models import models_dir
+    """The training compute of each model of ``rows``: as its runs recorded it
+    (``runs.training``), else, for weights shipped under that name, its training.json
+    (``sbt_core.models.training_cost``); models with neither are left out."""
+    from sbt_core.models import training_cost
 
+    found: dict[str, dict] = {}
+    for r in rows:
+        if r.model and r.training and r.model not in found:
+            found[r.model] = r.training
+    for name in {r.model for r in rows if r.model and not r.superseded} - set(found):
+        cost = training_cost(name.partition(":")[0])
+        if cost:
+            found[name] = cost
     out = []
-    for name in sorted({r.model.partition(":")[0] for r in rows if r.model and not r.superseded}):
+    for name, c in sorted(found.items()):
         try:
-            t = json.loads((models_dir() / name / "training.json").read_text())
-            total = (t.get("compute") or {}).get("total") or {"tokens": t.get("tokens"), "wall_s": t.get("wall_s")}
-            objective = (t.get("objective") or {}).get("name") or ("sft " + str((t.get("config") or {}).get("data", "")))
-            base = (t.get("base_model") or {}).get("path")
-            out.append(ModelCompute(name, objective.strip(), Path(base).name if base else None, total.get("tokens"),
-                                    total.get("generated_tokens"), total.get("wall_s"), t.get("hardware")))
-        except (OSError, ValueError, TypeError, AttributeError):
+            out.append(ModelCompute(name, str(c["objective"]), c.get("base"), c.get("tokens"),
+                                    c.get("generated_tokens"), c.get("wall_s"), c.get("hardware")))
+        except (KeyError, TypeError, AttributeError):
             continue
     return out
 

@@ -479,6 +479,7 @@ class Bench:
             "puzzles": str(source.path),
             "puzzles_sha256": source.sha256,
             "rules": source.rules,
+            "training": self._training(spec) if backend is not None else None,
             "puzzles_total": len(source.puzzles),
             "n_puzzles": n_puzzles,
             "seed": int(self.seed),
@@ -488,6 +489,13 @@ class Bench:
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }
+
+    def _training(self, spec: RunSpec) -> str | None:
+        """The training cost of the run's model, as stored (``runs.training``)."""
+        from sbt_core.models import training_cost
+
+        cost = training_cost(self.model_for(spec), self.n_numbers or infer_numbers(spec.model))
+        return canonical_json(cost) if cost else None
 
     def run_one(self, spec: RunSpec) -> RunOutcome:
         source = self.source_for(spec)

@@ -214,11 +214,19 @@ def _m004_rules(db: Database) -> None:
     db["runs"].add_column("rules", str)
 
 
+def _m005_training(db: Database) -> None:
+    # JSON object: what it cost to train the run's model, every stage summed
+    # (sbt_core.models.training_cost: objective, base, tokens, generated_tokens, wall_s,
+    # hardware); NULL: no record (a model without training.json, a run before this column)
+    db["runs"].add_column("training", str)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("m001_initial", _m001_initial),
     ("m002_backend_options", _m002_backend_options),
     ("m003_trace_zlib", _m003_trace_zlib),
     ("m004_rules", _m004_rules),
+    ("m005_training", _m005_training),
 ]
 KNOWN_MIGRATIONS = {name for name, _ in MIGRATIONS}
 # migrations a read-only reader can do without: they add a column whose absence means its
@@ -228,7 +236,9 @@ READER_OPTIONAL = {"m002_backend_options",
                    # traces of an older database are plain JSON text, which `trace_text` reads too
                    "m003_trace_zlib",
                    # a database written before rules holds only runs under rules "all"
-                   "m004_rules"}
+                   "m004_rules",
+                   # no training cost recorded: the report reads the shipped model's own record
+                   "m005_training"}
 
 TRACE_ZLIB_LEVEL = 6  # (on bench traces: 11x smaller; level 9 is 3% smaller and twice as slow)
 
@@ -337,6 +347,7 @@ class Store:
         if options:  # (default options: the column stays NULL)
             fields["backend_options"] = canonical_json(options)
         rules = fields.pop("rules", None) or DEFAULT_RULES
+        training = fields.pop("training", None)
         key = run_key(fields["method"], json.loads(fields["params"]), fields.get("model_sha256"),
                       fields.get("backend"), fields["puzzles_sha256"], fields["seed"], options, rules)
         now = utcnow()
@@ -344,11 +355,15 @@ class Store:
         def go(db: Database) -> tuple[dict, bool]:
             if "rules" in db["runs"].columns_dict:  # (m004_rules)
                 fields["rules"] = rules
+            if "training" in db["runs"].columns_dict:  # (m005_training)
+                fields["training"] = training
             rows = list(db["runs"].rows_where("key = ?", [key]))
             if rows:
                 row = rows[0]
                 update = {k: fields[k] for k in ("command", "host", "pid", "n_puzzles", "puzzles", "model", "rules")
                           if k in fields}
+                if fields.get("training"):  # (a run from before m005_training gets its model's cost)
+                    update["training"] = fields["training"]
                 if (row.get("n_puzzles") or 0) > (update.get("n_puzzles") or 0):
                     # a shorter --limit resumes into a run that asked for more: it keeps what it
                     # asked for and the command that asked it (the command of its longest start)

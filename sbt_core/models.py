@@ -445,6 +445,23 @@ def model_dir_of(name_or_path: str | os.PathLike) -> Path:
     return path.parent if path.is_file() else path
 
 
+def training_cost(name_or_path: str | os.PathLike | None, n_numbers: int = 4) -> dict | None:
+    """What it cost to train a model, every stage summed, from its directory's training.json
+    (``training/finetune.py`` writes ``compute.total``, its base's cost included; an SFT
+    run's own ``tokens`` / ``wall_s`` otherwise): ``{"objective", "base", "tokens",
+    "generated_tokens", "wall_s", "hardware"}``, or None without a readable record."""
+    try:
+        t = json.loads((model_dir_of(name_or_path or default_model(n_numbers)) / "training.json").read_text())
+        total = (t.get("compute") or {}).get("total") or {"tokens": t["tokens"], "wall_s": t["wall_s"]}
+        objective = (t.get("objective") or {}).get("name") or f"sft {(t.get('config') or {}).get('data', '')}".strip()
+        base = (t.get("base_model") or {}).get("path")
+        return {"objective": objective, "base": Path(base).name if base else None, "tokens": int(total["tokens"]),
+                "generated_tokens": int(total.get("generated_tokens") or 0), "wall_s": float(total["wall_s"]),
+                "hardware": t.get("hardware")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SbtError):
+        return None
+
+
 def search_defaults(name_or_path: str | os.PathLike | None, n_numbers: int = 4) -> dict:
     """The sampling settings a model recommends for search, e.g. ``{"temperature": 1.0}``.
 

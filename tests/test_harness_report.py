@@ -296,3 +296,24 @@ def test_report_shows_each_models_training_compute_every_stage(tmp_path, monkeyp
     assert "1,005,000" in console.export_text()
     (d / "training.json").write_text("{not json")  # an unreadable record: the model is left out
     assert build_report(store).compute == []
+
+
+def test_training_cost_is_read_from_a_model_dir_and_stored_with_its_runs(tmp_path, monkeypatch):
+    from sbt_core.models import training_cost
+
+    sft = tmp_path / "a-sft"
+    sft.mkdir()
+    (sft / "training.json").write_text(json.dumps({"tokens": 100, "wall_s": 10.0, "hardware": "h",
+                                                   "config": {"data": "op+back"}}))
+    assert training_cost(sft) == {"objective": "sft op+back", "base": None, "tokens": 100, "generated_tokens": 0,
+                                  "wall_s": 10.0, "hardware": "h"}
+    assert training_cost(tmp_path / "none") is None
+    # a run stores it (runs.training); the report takes it from there, not from models/
+    store = open_store(":memory:")
+    run, _ = store.get_or_create_run({"method": "greedy", "params": {}, "model": "far-away", "model_sha256": "cd" * 32,
+                                      "backend": "torch", "split": "test_new", "puzzles_sha256": "p", "seed": 0,
+                                      "training": json.dumps(training_cost(sft))})
+    store.add_result(run["id"], {"puzzle_index": 0, "numbers": [1, 2], "target": 3, "solved": True, "tokens": 5})
+    monkeypatch.setenv("SBT_MODELS_DIR", str(tmp_path / "empty"))
+    (c,) = build_report(store).compute
+    assert (c.model, c.objective, c.tokens, c.wall_s) == ("far-away", "sft op+back", 100, 10.0)

@@ -41,13 +41,15 @@ def _fill(path, traces=(EVENTS, TEXT, None)):
 
 def _make_older(path):
     """Turn a database into one written before m003: plain JSON text traces, m003 and the
-    later migrations not applied (m004_rules: no runs.rules column)."""
+    later migrations not applied (m004_rules: no runs.rules column; m005_training: no
+    runs.training column)."""
     conn = sqlite3.connect(path)
     rows = conn.execute("select rowid, trace from results where trace is not null").fetchall()
     for rowid, blob in rows:
         conn.execute("update results set trace = ? where rowid = ?", (trace_text(blob), rowid))
     conn.execute("delete from _migrations where name >= 'm003'")
     conn.execute("alter table runs drop column rules")
+    conn.execute("alter table runs drop column training")
     conn.commit()
     conn.close()
 
