@@ -49,6 +49,7 @@ def train_cmd(
     prefs: Optional[Path] = typer.Option(None, "--prefs", help="with --objective dpo|kto: a file of `sbt harvest --labelled K` (train puzzles only)"),
     beta: Optional[float] = typer.Option(None, "--beta", help="dpo|kto: the strength of the pull to the reference model (default 0.1) | grpo: the KL penalty to the starting model (default 0: none)"),
     pairs: int = typer.Option(1, "--pairs", help="dpo: (verified, failing) pairs per puzzle at most"),
+    sft_weight: float = typer.Option(0.0, "--sft-weight", help="dpo: add this times the chosen answers' mean token NLL (RPO; 0: plain DPO)"),
     desirable_weight: float = typer.Option(1.0, "--desirable-weight", help="kto: weight of the verified samples' loss"),
     undesirable_weight: float = typer.Option(1.0, "--undesirable-weight", help="kto: weight of the failing samples' loss"),
     epochs: float = typer.Option(1.0, "--epochs", help="dpo|kto|grpo: passes over the examples (preference examples; grpo: the train puzzles)"),
@@ -83,7 +84,7 @@ def train_cmd(
         raise SbtError(f"--kinds must look like 1:2:2 (three non-negative weights), got {kinds!r}") from None
     finetune = objective in ("dpo", "kto", "grpo")
     only = {"beta": ("--beta", ("dpo", "kto", "grpo")), "epochs": ("--epochs", ("dpo", "kto", "grpo")),
-            "pairs": ("--pairs", ("dpo",)), "desirable_weight": ("--desirable-weight", ("kto",)),
+            "pairs": ("--pairs", ("dpo",)), "sft_weight": ("--sft-weight", ("dpo",)), "desirable_weight": ("--desirable-weight", ("kto",)),
             "undesirable_weight": ("--undesirable-weight", ("kto",)), "group": ("--group", ("grpo",)),
             "temperature": ("--temperature", ("grpo",))}
     for param, (flag, objectives) in only.items():
@@ -109,7 +110,7 @@ def train_cmd(
                       preset=recipe, lora=lora, merge=merge, objective=objective,
                       prefs_file=str(prefs) if prefs else None, beta=beta, pairs=pairs,
                       desirable_weight=desirable_weight, undesirable_weight=undesirable_weight, epochs=epochs,
-                      group=group, temperature=temperature,
+                      group=group, temperature=temperature, sft_weight=sft_weight,
                       **({"max_tokens": int(tokens)} if tokens is not None else {}))
     if resume:
         cfg = _resumed_config(ctx, cfg, out)
@@ -177,7 +178,7 @@ _SETTING = {"data_dir": "data_dir", "data": "data", "back_ratio": "back_ratio", 
             "precision": "precision", "compile_": "compile", "threads": "threads", "ema": "ema", "recipe": "preset",
             "lora": "lora", "merge": "merge", "objective": "objective", "prefs": "prefs_file", "beta": "beta",
             "pairs": "pairs", "desirable_weight": "desirable_weight", "undesirable_weight": "undesirable_weight",
-            "epochs": "epochs", "group": "group", "temperature": "temperature"}
+            "epochs": "epochs", "group": "group", "temperature": "temperature", "sft_weight": "sft_weight"}
 _PATHS = ("data_dir", "base_model", "paths_file", "extra_puzzles", "prefs_file")
 
 

@@ -143,13 +143,15 @@ def _hf(path):
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
-def test_dpo_loss_is_trls(tmp_path, tiny_models, prefs, data_dir):
-    """The same pairs, policy and reference: sbt's DPO loss equals TRL's DPOTrainer's."""
+@pytest.mark.parametrize("sft_weight", [0.0, 0.5])
+def test_dpo_loss_is_trls(tmp_path, tiny_models, prefs, data_dir, sft_weight):
+    """The same pairs, policy and reference: sbt's DPO loss (with RPO's chosen NLL term, as
+    ``--sft-weight`` adds it) equals TRL's DPOTrainer's."""
     trl = pytest.importorskip("trl")
     from datasets import Dataset
 
     from sbt_core.hf import special_prefix
-    from training.preference import Sequences, completion_logps, dpo_loss
+    from training.preference import Sequences, chosen_nll, dpo_loss, token_logps
 
     pairs = _batch_items(prefs, data_dir, 2)
     model, tok = _hf(tiny_models[0])
@@ -157,12 +159,15 @@ def test_dpo_loss_is_trls(tmp_path, tiny_models, prefs, data_dir):
     seqs = Sequences(tok, special_prefix(tok), [c for c, _ in pairs] + [r for _, r in pairs])
     with torch.no_grad():
         batch = seqs.batch([0, 1, 2, 3])
-        pol, rl = completion_logps(model, batch), completion_logps(ref, batch)
-    ours = float(dpo_loss(pol[:2], pol[2:], rl[:2], rl[2:], 0.1)[0])
+        mask = batch["completion_mask"][:, 1:]
+        per_token = token_logps(model, batch)
+        pol, rl = (per_token * mask).sum(-1), (token_logps(ref, batch) * mask).sum(-1)
+    ours = float(dpo_loss(pol[:2], pol[2:], rl[:2], rl[2:], 0.1)[0] + sft_weight * chosen_nll(per_token[:2], mask[:2]))
     rows = [{"prompt": prompt(c.puzzle), "chosen": c.text, "rejected": r.text} for c, r in pairs]
+    extra = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sft_weight]} if sft_weight else {}
     args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=2, max_steps=1,
                          learning_rate=1e-12, logging_steps=1, report_to="none", save_strategy="no", beta=0.1,
-                         use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True)
+                         use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True, **extra)
     trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=tok)
     trainer.train()
@@ -210,7 +215,8 @@ def test_a_tiny_run_trains_checkpoints_and_resumes(tmp_path, tiny_models, prefs,
     def cfg(epochs):
         return TrainConfig(out=str(tmp_path / objective), data_dir=str(data_dir), base_model=str(tiny_models[0]),
                            objective=objective, prefs_file=str(prefs), epochs=epochs, batch_size=16, lr=1e-3,
-                           eval_every=1000, eval_puzzles=4, ckpt_every=1, threads=1)
+                           eval_every=1000, eval_puzzles=4, ckpt_every=1, threads=1,
+                           sft_weight=1.0 if objective == "dpo" else 0.0)
 
     losses = []
     report = train(cfg(1.0), log=lambda m: None, on_step=lambda i: losses.append(i["loss"]))

@@ -32,7 +32,7 @@ FLAGS = {"data_dir": "--data-dir", "data": "--data", "back_ratio": "--back-ratio
          "paths_file": "--paths", "extra_puzzles": "--extra-puzzles", "preset": "--recipe", "lora": "--lora",
          "merge": "--merge", "objective": "--objective", "prefs_file": "--prefs", "beta": "--beta",
          "pairs": "--pairs", "desirable_weight": "--desirable-weight", "undesirable_weight": "--undesirable-weight",
-         "epochs": "--epochs", "group": "--group", "temperature": "--temperature"}
+         "epochs": "--epochs", "group": "--group", "temperature": "--temperature", "sft_weight": "--sft-weight"}
 # settings that may differ between a run and its --resume: how long, how often to look, how
 # many threads; everything else defines the experiment (and ``out`` is where the run lives now)
 RESUMABLE = ("out", "max_tokens", "eval_every", "ckpt_every", "threads", "epochs")
@@ -110,6 +110,7 @@ class TrainConfig:
     prefs_file: str | None = None
     beta: float = 0.1  # dpo, kto: the pull to the reference; grpo: the KL penalty (0: none)
     pairs: int = 1  # dpo: pairs per puzzle
+    sft_weight: float = 0.0  # dpo: weight of the chosen answers' NLL added to the loss (RPO; 0: plain DPO)
     desirable_weight: float = 1.0  # kto
     undesirable_weight: float = 1.0  # kto
     epochs: float = 1.0
@@ -203,6 +204,7 @@ class TrainConfig:
         else:
             check_range(self.beta, "--beta", 0, MAX_BETA, low_open=True)
         check_range(self.pairs, "--pairs", 1, MAX_PAIRS, integer=True)
+        check_range(self.sft_weight, "--sft-weight", 0, MAX_LABEL_WEIGHT)
         check_range(self.epochs, "--epochs", 0, MAX_EPOCHS, low_open=True)
         for name in ("desirable_weight", "undesirable_weight"):
             check_range(getattr(self, name), FLAGS[name], 0, MAX_LABEL_WEIGHT, low_open=True)

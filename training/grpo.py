@@ -27,7 +27,7 @@ from sbt_core.errors import SbtError
 from sbt_core.generate import eval_puzzle_keys, read_puzzles
 from sbt_core.trace import is_verified, prompt
 
-from .preference import Sequences
+from .preference import Sequences, token_logps
 
 MAX_NEW_TOKENS = 96  # the tokens one answer may take (sbt's sampling methods' default)
 
@@ -37,12 +37,6 @@ def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
     ``group`` answers; the std is the sample std, as in TRL)."""
     r = rewards.view(-1, group).float()
     return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).reshape(-1)
-
-
-def token_logps(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Each position's log-prob of the next token ([rows, width - 1], float32)."""
-    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1].float()
-    return torch.log_softmax(logits, -1).gather(-1, inputs["input_ids"][:, 1:, None]).squeeze(-1)
 
 
 def grpo_loss(logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, beta: float = 0.0,

@@ -9,7 +9,9 @@ split of the data folder (val / test_seen / test_new) is refused, whatever the f
 - **DPO** (Rafailov et al. 2023): per puzzle up to ``pairs`` pairs (chosen = a verified
   sample, rejected = a failing one; both lists likeliest first, paired in order), loss
   ``-log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))`` over summed completion
-  log-probs, mean over the batch (TRL's ``loss_type="sigmoid"``).
+  log-probs, mean over the batch (TRL's ``loss_type="sigmoid"``); ``--sft-weight a`` adds
+  ``a`` times the chosen completions' mean token NLL (RPO, Pang et al. 2024: DPO alone
+  lowers the chosen answers' likelihood too, and at this scale greedy decoding collapses).
 - **KTO** (Ethayarajh et al. 2024): every labelled sample alone (desirable = verified),
   loss ``w_d * (1 - sigmoid(beta * (r - z)))`` for a desirable sample and ``w_u * (1 -
   sigmoid(beta * (z - r)))`` for an undesirable one, ``r`` its log-ratio to the reference,
@@ -154,11 +156,15 @@ class Sequences:
 # --------------------------------------------------------------------------- the losses
 
 
+def token_logps(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each position's log-prob of the next token ([rows, width - 1], float32)."""
+    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, inputs["input_ids"][:, 1:, None]).squeeze(-1)
+
+
 def completion_logps(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per row, the summed log-probs of its completion tokens (float32)."""
-    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1].float()
-    logp = torch.log_softmax(logits, -1).gather(-1, inputs["input_ids"][:, 1:, None]).squeeze(-1)
-    return (logp * inputs["completion_mask"][:, 1:]).sum(-1)
+    return (token_logps(model, inputs) * inputs["completion_mask"][:, 1:]).sum(-1)
 
 
 def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
@@ -166,7 +172,15 @@ def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Ten
     """The DPO (sigmoid) loss, mean over the pairs, and the batch's reward accuracy and margin."""
     margin = (chosen - ref_chosen) - (rejected - ref_rejected)
     loss = -F.logsigmoid(beta * margin).mean()
-    return loss, {"reward_acc": float((margin > 0).float().mean()), "margin": float(beta * margin.mean())}
+    seen = margin.detach()
+    return loss, {"reward_acc": float((seen > 0).float().mean()), "margin": float(beta * seen.mean())}
+
+
+def chosen_nll(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean negative log-prob of the chosen completions' tokens (``logps``, ``mask``:
+    the chosen rows of ``token_logps`` and of the shifted completion mask): RPO's term
+    (Pang et al. 2024; TRL's ``loss_type=["sigmoid", "sft"]``)."""
+    return -logps[mask.bool()].mean()
 
 
 def kto_loss(logps: torch.Tensor, ref: torch.Tensor, desirable: torch.Tensor, kl_logps: torch.Tensor,
@@ -219,15 +233,22 @@ class DPO(_Preference):
         return {"pairs": self.n}
 
     def record(self) -> dict:
-        return {"beta": self.cfg.beta, "pairs_per_puzzle": self.cfg.pairs, "loss": "sigmoid"}
+        return {"beta": self.cfg.beta, "pairs_per_puzzle": self.cfg.pairs,
+                "loss": "sigmoid" + (f" + {self.cfg.sft_weight:g} x chosen NLL (RPO)" if self.cfg.sft_weight else "")}
 
     def loss(self, rows, model, ref, step, device):
         inputs = _to(self.seqs.batch(list(rows) + [r + self.n for r in rows]), device)
+        mask = inputs["completion_mask"][:, 1:]
         with torch.no_grad():
-            ref_logps = completion_logps(ref, inputs)
-        logps = completion_logps(model, inputs)
+            ref_logps = (token_logps(ref, inputs) * mask).sum(-1)
+        per_token = token_logps(model, inputs)
+        logps = (per_token * mask).sum(-1)
         b = len(rows)
         loss, info = dpo_loss(logps[:b], logps[b:], ref_logps[:b], ref_logps[b:], self.cfg.beta)
+        if self.cfg.sft_weight:
+            nll = chosen_nll(per_token[:b], mask[:b])
+            loss = loss + self.cfg.sft_weight * nll
+            info["chosen_nll"] = float(nll.detach())
         return loss, int(inputs["attention_mask"].sum()), info
 
 
