@@ -155,7 +155,7 @@ def test_impossible_settings_are_refused_at_once(tmp_path, extra, fragment):
     out = tmp_path / "out"
     t0 = time.monotonic()
     line = _one_error_line(_invoke(["data", "generate", "--out", str(out), *extra], seconds=10))
-    assert time.monotonic() - t0 < 3.0, "the refusal must come at once"
+    assert time.monotonic() - t0 < 8.0, "the refusal must come at once (the probe, not hours of generating)"
     assert fragment in line, line
     assert not out.exists()  # nothing written, not even the folder
 
