@@ -226,6 +226,8 @@ def test_a_tiny_run_trains_checkpoints_and_resumes(tmp_path, tiny_models, prefs,
     assert saved["objective"]["name"] == objective and saved["data"]["prefs"]["puzzles"] == 48
     assert saved["compute"]["this_run"]["tokens"] == report["tokens"] and saved["curve"][0]["step"] == 0
     assert saved["base_model"]["path"] == str(tiny_models[0])
+    best = json.loads((tmp_path / objective / "best" / "training.json").read_text())  # a model dir of its own
+    assert best["selected"] and best["steps"] == json.loads((tmp_path / objective / "best" / "best.json").read_text())["step"]
     from safetensors.torch import load_file
 
     before, after = load_file(tiny_models[0] / "model.safetensors"), load_file(tmp_path / objective / "model.safetensors")

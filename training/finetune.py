@@ -96,9 +96,32 @@ def train_finetune(cfg, resume: bool, log: Callable[[str], None], on_step: Calla
         state.curve.append(point)
         log(json.dumps(point))
         best_file = out / "best" / "best.json"
-        if rep.accuracy > _best_so_far(best_file):  # the best-on-val model too (selection on val only)
-            save_trained(model, tok, out / "best", cfg)
+        if rep.accuracy > _best_so_far(best_file):  # the best-on-val model too (selection on val only),
+            save_trained(model, tok, out / "best", cfg)  # with the record of the run up to this step
+            write_json(out / "best" / "training.json", {**report(), "selected": "best val greedy so far"})
             write_json(best_file, point)
+
+    def report() -> dict:
+        wall = time.time() - t_start
+        return {
+            "command": command,
+            "config": asdict(cfg),
+            "objective": {"name": cfg.objective, **objective.record(),
+                          "reference": "the --base-model weights, frozen" if objective.needs_ref else None},
+            "data": objective.data(),
+            "params": sum(p.numel() for p in model.parameters()),
+            "steps": state.step, "tokens": state.tokens, "wall_s": round(wall, 1),
+            **({"generated_tokens": state.generated_tokens} if state.generated_tokens else {}),
+            "hardware": _hardware(device), "device": str(device), "world_size": 1, "precision": "fp32",
+            "compiled": False,
+            "versions": {"sbt": __import__("sbt_core").__version__, "torch": torch.__version__,
+                         "transformers": __import__("transformers").__version__},
+            "base_model": base_info,
+            "compute": training_compute(state.tokens, wall, _hardware(device), cfg.base_model, state.generated_tokens),
+            **_puzzle_kind(cfg.data_dir),
+            "curve": state.curve,
+            "final": state.curve[-1] if state.curve else None,
+        }
 
     if saved is None:
         evaluate()  # step 0: the starting model, on the same val puzzles
@@ -128,28 +151,9 @@ def train_finetune(cfg, resume: bool, log: Callable[[str], None], on_step: Calla
         evaluate()
     checkpoint()
     save_trained(model, tok, out, cfg)
-    wall = time.time() - t_start
-    report = {
-        "command": command,
-        "config": asdict(cfg),
-        "objective": {"name": cfg.objective, **objective.record(),
-                      "reference": "the --base-model weights, frozen" if objective.needs_ref else None},
-        "data": objective.data(),
-        "params": sum(p.numel() for p in model.parameters()),
-        "steps": state.step, "tokens": state.tokens, "wall_s": round(wall, 1),
-        **({"generated_tokens": state.generated_tokens} if state.generated_tokens else {}),
-        "hardware": _hardware(device), "device": str(device), "world_size": 1, "precision": "fp32",
-        "compiled": False,
-        "versions": {"sbt": __import__("sbt_core").__version__, "torch": torch.__version__,
-                     "transformers": __import__("transformers").__version__},
-        "base_model": base_info,
-        "compute": training_compute(state.tokens, wall, _hardware(device), cfg.base_model, state.generated_tokens),
-        **_puzzle_kind(cfg.data_dir),
-        "curve": state.curve,
-        "final": state.curve[-1] if state.curve else None,
-    }
-    write_json(out / "training.json", report)
-    return report
+    final = report()
+    write_json(out / "training.json", final)
+    return final
 
 
 def training_compute(tokens: int, wall_s: float, hardware: str, base: str | None, generated: int = 0) -> dict:
